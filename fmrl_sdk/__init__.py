@@ -1,0 +1,3 @@
+"""fmrl-sdk: fMRLRec (Matryoshka LRU recommender) from training to on-device streaming inference."""
+
+__version__ = "0.1.0"

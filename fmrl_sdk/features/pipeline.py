@@ -1,0 +1,443 @@
+"""featurize (dataset -> features folder) and item_vectors (new items -> vectors of a trained run)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FmrlError
+from ..fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from .sources import EncoderSource, resolve_encoder, set_offline, source_from_manifest
+from .store import (FORMAT, VERSION, cache_hit, check_out_dir, ids_sha256, input_hash, now_iso, read_manifest,
+                    write_features)
+from .text import UNTITLED, describe_text_encoder, item_text, parse_template
+
+VECTORS_FORMAT = "fmrl-sdk/item-vectors"
+
+
+def _console(console):
+    if console is not None:
+        return console
+    from rich.console import Console
+
+    return Console()
+
+
+def _progress(console):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} items/s" if speed else "- items/s", style="cyan")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def _short(revision: str) -> str:
+    return revision[:19] if revision.startswith("sha256:") else revision[:12]
+
+
+def _identity(source: EncoderSource) -> dict:
+    return {"name": source.name, "revision": source.revision}
+
+
+def _library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("transformers", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover
+            pass
+    return out
+
+
+def _encode_texts(encoder, texts, batch_size, console, label="text") -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    with _progress(console) as progress:
+        task = progress.add_task(f"{label} ({encoder.source.name})", total=len(texts))
+        feats = encoder.encode(texts, batch_size=batch_size, on_batch=lambda k: progress.advance(task, k))
+    return feats, time.perf_counter() - start
+
+
+def _encode_images(encoder, paths, batch_size, console) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+    start = time.perf_counter()
+    with _progress(console) as progress:
+        task = progress.add_task(f"images ({encoder.source.name})", total=len(paths))
+        feats, mask, status = encoder.encode(paths, batch_size=batch_size,
+                                             on_batch=lambda k: progress.advance(task, k))
+    return feats, mask, status, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------
+# featurize
+
+
+def featurize(data, out, *, text_encoder: str | None = None, image_encoder: str | None = None,
+              images: str | None = None, batch_size: int = 64, image_batch_size: int | None = None,
+              device: str = "cpu", limit_items: int | None = None, trust_pickle: bool = False,
+              from_npy: str | None = None, text_template: str | None = None, text_pooling: str | None = None,
+              allow_download: bool = False, force: bool = False, console=None) -> dict:
+    """Compute (or reuse) the features folder `out` for the dataset `data`; returns a report dict."""
+    from ..data.dataset import load_dataset
+
+    t0 = time.perf_counter()
+    set_offline(allow_download)
+    console = _console(console)
+    out = Path(out).expanduser()
+    check_out_dir(out)
+    if batch_size < 1:
+        raise FmrlError(f"--batch-size {batch_size}: must be at least 1")
+    dataset = load_dataset(data)
+    ids = list(dataset.item_ids)
+    metas = list(dataset.item_meta) + [{}] * (len(ids) - len(dataset.item_meta))
+    total_items = len(ids)
+    if limit_items is not None:
+        if limit_items < 1:
+            raise FmrlError(f"--limit-items {limit_items}: must be at least 1")
+        ids, metas = ids[:limit_items], metas[:limit_items]
+    n = len(ids)
+    base = {
+        "format": FORMAT, "version": VERSION, "created": now_iso(),
+        "dataset": {"name": dataset.name, "source": dataset.source, "items": total_items,
+                    "limit_items": limit_items},
+        "items": n, "item_ids_sha256": ids_sha256(ids),
+    }
+    if from_npy is not None:
+        if text_encoder or image_encoder or images or text_template:
+            raise FmrlError("--from-npy imports finished features; drop --text-encoder/--image-encoder/"
+                            "--images/--text-template")
+        return _import_npy(Path(from_npy).expanduser(), out, ids, total_items, base, force, console, t0)
+
+    template = parse_template(text_template)
+    texts = [item_text(m, template) for m in metas]
+    untitled = sum(t == UNTITLED for t in texts)
+    if untitled:
+        style = "[yellow]" if untitled * 2 > n else ""
+        console.print(f"{style}note: {untitled} of {n} items have no title/brand/categories/price; their text is "
+                      f"{UNTITLED!r}")
+    tsrc = resolve_encoder(text_encoder, "text", allow_download=allow_download)
+    tinfo = describe_text_encoder(tsrc, text_pooling)
+    console.print(f"text encoder: [bold]{tsrc.name}[/bold] ({tsrc.origin}, {_short(tsrc.revision)}): "
+                  f"{tsrc.reason}")
+    console.print(f"  pooling {tinfo['pooling']} ({tinfo['pooling_reason']}), up to {tinfo['max_length']} "
+                  "tokens, L2-normalised")
+
+    imap = isrc = None
+    fingerprints: list[str] = []
+    if images is None:
+        if image_encoder is not None:
+            raise FmrlError("--image-encoder needs --images (a folder of images or an item -> image map)")
+        src = Path(dataset.source)
+        if src.is_dir() and (src / "item2img_dict.pkl").exists():
+            console.print(f"note: {src / 'item2img_dict.pkl'} exists but images are off; use "
+                          f"--images {src / 'item2img_dict.pkl'} --trust-pickle to use it (a pickle can run code)")
+        console.print("images: none given; text-only features")
+    else:
+        from .images import build_image_map, image_fingerprints
+
+        alt = [str(i + 1) for i in range(n)] if Path(dataset.source).is_dir() else None
+        imap = build_image_map(images, ids, alt, trust_pickle=trust_pickle)
+        if imap.mapped == 0:
+            console.print(f"[yellow]images: no item of the dataset has an image in {images}; text-only features")
+            imap = None
+        else:
+            isrc = resolve_encoder(image_encoder, "image", allow_download=allow_download)
+            console.print(f"image encoder: [bold]{isrc.name}[/bold] ({isrc.origin}, {_short(isrc.revision)}): "
+                          f"{isrc.reason}")
+            console.print(f"  {imap.mapped} of {n} items mapped to an image file ({imap.kind} {imap.source})")
+            fingerprints = image_fingerprints(imap)
+
+    parts = {"format": VERSION, "item_ids": ids, "texts": texts, "template": template,
+             "text_encoder": _identity(tsrc), "text_pooling": tinfo["pooling"],
+             "text_max_length": tinfo["max_length"]}
+    if imap is not None:
+        parts["images"] = fingerprints
+        parts["image_encoder"] = _identity(isrc)
+    digest = input_hash(parts)
+    if not force:
+        hit = cache_hit(out, digest)
+        if hit is not None:
+            console.print(f"[green]cache: {out} already holds features for these inputs "
+                          f"(input hash {digest[:12]}); reusing them[/green]")
+            return {"out": str(out), "items": n, "cached": True, "seconds": round(time.perf_counter() - t0, 3),
+                    "dim": hit.get("dim"), "input_hash": digest, "manifest": hit}
+
+    from .text import TextEncoder
+
+    encoder = TextEncoder(tsrc, device=device, pooling=tinfo["pooling"], max_length=tinfo["max_length"])
+    text_feats, text_s = _encode_texts(encoder, texts, batch_size, console)
+    tensors = {"text": text_feats}
+    modalities = [{"name": "text", "tensor": "text", "dim": int(text_feats.shape[1]),
+                   "encoder": tsrc.identity(), "pooling": encoder.pooling, "max_length": encoder.max_length,
+                   "template": template}]
+    del encoder
+    image_s = 0.0
+    counts = None
+    if imap is not None:
+        from .images import ImageEncoder
+
+        iencoder = ImageEncoder(isrc, device=device)
+        feats, mask, status, image_s = _encode_images(iencoder, imap.paths, image_batch_size or min(batch_size, 32),
+                                                      console)
+        status = [imap.status[i] if imap.paths[i] is None else s for i, s in enumerate(status)]
+        counts = {k: status.count(k) for k in ("ok", "unmapped", "url", "missing", "corrupt")}
+        tensors["image"] = feats
+        tensors["image_mask"] = mask
+        modalities.append({"name": "image", "tensor": "image", "mask": "image_mask", "dim": int(feats.shape[1]),
+                           "encoder": isrc.identity(), "method": iencoder.method, "images": imap.source,
+                           "map_kind": imap.kind, "available": int(mask.sum()), "counts": counts})
+    total_s = time.perf_counter() - t0
+    encode_s = text_s + image_s
+    dim = sum(m["dim"] for m in modalities)
+    manifest = dict(base)
+    manifest.update({
+        "modalities": modalities, "dim": dim, "text_template": template, "input_hash": digest,
+        "libraries": _library_versions(),
+        "timing": {"device": device, "batch_size": batch_size, "text_seconds": round(text_s, 3),
+                   "image_seconds": round(image_s, 3), "total_seconds": round(total_s, 3),
+                   "items_per_s": round(n / encode_s, 2) if encode_s > 0 else None},
+        "item_ids": ids,
+    })
+    write_features(out, tensors, manifest)
+    rate = n / encode_s if encode_s > 0 else float("inf")
+    parts_desc = " + ".join(f"{m['name']} {m['dim']}" for m in modalities)
+    console.print(f"[green]wrote {out}[/green]: {n} items x {dim} dims ({parts_desc}) in {total_s:.1f}s; "
+                  f"encoding {rate:,.1f} items/s")
+    if counts is not None:
+        bad = {k: v for k, v in counts.items() if k != "ok" and v}
+        console.print(f"  images: {counts['ok']} encoded" + (", " + ", ".join(f"{v} {k}" for k, v in bad.items())
+                                                           + " (zero vectors, mask 0)" if bad else ""))
+    return {"out": str(out), "items": n, "cached": False, "seconds": round(total_s, 3),
+            "encode_seconds": round(encode_s, 3), "items_per_s": round(rate, 2), "dim": dim,
+            "text_encoder": tsrc.identity(), "image_counts": counts, "input_hash": digest, "manifest": manifest}
+
+
+def _import_npy(path: Path, out: Path, ids: list[str], total_items: int, base: dict, force: bool, console,
+                t0: float) -> dict:
+    if not path.is_file():
+        raise FmrlError(f"{path}: --from-npy file not found")
+    if path.suffix.lower() != ".npy":
+        raise FmrlError(f"{path}: --from-npy expects a .npy array file")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise FmrlError(f"{path}: not a valid .npy file (no NumPy header)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise FmrlError(f"{path}: holds Python objects (needs pickle); only plain numeric arrays are "
+                            "accepted") from None
+        raise FmrlError(f"{path}: not a valid .npy file ({e})") from None
+    except (OSError, EOFError) as e:
+        raise FmrlError(f"{path}: not a valid .npy file ({e})") from None
+    if not isinstance(arr, np.ndarray):
+        raise FmrlError(f"{path}: not a single .npy array")
+    n = len(ids)
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise FmrlError(f"{path}: expected a 2-D matrix [items, features], got shape {list(arr.shape)}")
+    if arr.dtype.kind not in "fiu":
+        raise FmrlError(f"{path}: expected a numeric matrix, got dtype {arr.dtype}")
+    rows = arr.shape[0]
+    if rows == total_items and n < total_items:
+        arr = arr[:n]
+    elif rows != n:
+        hint = " (a padding row 0? drop it: rows must align with the dataset's items 1..N)" if rows == n + 1 else ""
+        raise FmrlError(f"{path}: has {rows} rows but the dataset has {n} items{hint}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        mat = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(mat).all(axis=1)
+    if bad.any():
+        raise FmrlError(f"{path}: {int(bad.sum())} rows have NaN or infinite values (first: row {int(bad.argmax())})")
+    file_hash = sha256_file(path)
+    digest = input_hash({"format": VERSION, "item_ids": ids, "npy": file_hash, "rows": n})
+    if not force:
+        hit = cache_hit(out, digest)
+        if hit is not None:
+            console.print(f"[green]cache: {out} already holds these imported features; reusing them[/green]")
+            return {"out": str(out), "items": n, "cached": True, "dim": hit.get("dim"), "input_hash": digest,
+                    "seconds": round(time.perf_counter() - t0, 3), "manifest": hit}
+    manifest = dict(base)
+    manifest.update({
+        "modalities": [{"name": "imported", "tensor": "imported", "dim": int(mat.shape[1]),
+                        "source": {"file": str(path.resolve()), "sha256": file_hash, "dtype": str(arr.dtype)}}],
+        "dim": int(mat.shape[1]), "text_template": None, "input_hash": digest, "item_ids": ids,
+    })
+    write_features(out, {"imported": mat}, manifest)
+    seconds = time.perf_counter() - t0
+    console.print(f"[green]wrote {out}[/green]: imported {path.name} ({n} items x {mat.shape[1]} dims)")
+    return {"out": str(out), "items": n, "cached": False, "dim": int(mat.shape[1]), "input_hash": digest,
+            "seconds": round(seconds, 3), "manifest": manifest}
+
+
+# ----------------------------------------------------------------------------------------------
+# New items -> features with the manifest's encoders
+
+
+def read_new_items(path: str | Path) -> tuple[list[str], list[dict], list[Path | None]]:
+    """new_items.jsonl: {"item": id, "title", "brand", "categories", "price", "image": optional path}."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FmrlError(f"{path}: items file not found")
+    ids, metas, images = [], [], []
+    seen = set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FmrlError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise FmrlError(f"{path}:{lineno}: expected a JSON object")
+            item = rec.get("item")
+            if item in (None, ""):
+                raise FmrlError(f"{path}:{lineno}: missing 'item'")
+            item = str(item)
+            if item in seen:
+                raise FmrlError(f"{path}:{lineno}: item {item!r} appears twice")
+            seen.add(item)
+            image = rec.get("image")
+            if image not in (None, "") and not isinstance(image, str):
+                raise FmrlError(f"{path}:{lineno}: 'image' must be a file path")
+            ids.append(item)
+            metas.append({k: v for k, v in rec.items() if k not in ("item", "image")})
+            if image:
+                p = Path(image).expanduser()
+                images.append(p if p.is_absolute() else path.parent / p)
+            else:
+                images.append(None)
+    if not ids:
+        raise FmrlError(f"{path}: no items")
+    return ids, metas, images
+
+
+def features_for_items(manifest: dict, metas: list[dict], images: list[Path | None], *,
+                       text_encoder: str | None = None, image_encoder: str | None = None, batch_size: int = 64,
+                       device: str = "cpu", console=None) -> tuple[np.ndarray, dict]:
+    """Features [M, F] for new items, laid out exactly like load_features' matrix for this manifest."""
+    set_offline(True)
+    console = _console(console)
+    blocks, info = [], {}
+    for modality in manifest["modalities"]:
+        name = modality.get("name")
+        if name == "text":
+            from .text import TextEncoder
+
+            src = source_from_manifest(modality["encoder"], override=text_encoder, kind="text")
+            enc = TextEncoder(src, device=device, pooling=modality.get("pooling"),
+                              max_length=modality.get("max_length"))
+            texts = [item_text(m, modality.get("template")) for m in metas]
+            feats, _ = _encode_texts(enc, texts, batch_size, console)
+        elif name == "image":
+            from .images import ImageEncoder
+
+            src = source_from_manifest(modality["encoder"], override=image_encoder, kind="image")
+            enc = ImageEncoder(src, device=device)
+            feats, mask, status, _ = _encode_images(enc, images, min(batch_size, 32), console)
+            info["image_counts"] = {k: status.count(k) for k in ("ok", "unmapped", "missing", "corrupt")}
+        else:
+            raise FmrlError(f"features modality {name!r} was imported from a file (--from-npy); vectors for new "
+                            "items need features computed by `fmrl-sdk featurize` with encoders")
+        if feats.shape[1] != modality.get("dim"):
+            raise FmrlError(f"{src.path}: {name} encoder gives {feats.shape[1]} dims, the features have "
+                            f"{modality.get('dim')}")
+        blocks.append(feats)
+    return np.concatenate(blocks, axis=1).astype(np.float32), info
+
+
+def _load_run(run_dir: Path):
+    import importlib
+
+    try:
+        run_module = importlib.import_module("fmrl_sdk.train.run")
+    except ModuleNotFoundError as e:  # pragma: no cover - the trainer ships with the SDK
+        raise FmrlError(f"cannot load runs: {e}") from None
+    return run_module.load_run(run_dir)
+
+
+def item_vectors(run_dir, items_file, size: int, out, *, text_encoder: str | None = None,
+                 image_encoder: str | None = None, batch_size: int = 64, device: str = "cpu",
+                 console=None) -> dict:
+    """Vectors [M, size] for new items from a trained run: same encoders, the run's projector, first dims."""
+    import torch
+
+    console = _console(console)
+    run_dir = Path(run_dir).expanduser()
+    out = Path(out).expanduser()
+    if out.suffix.lower() not in (".safetensors", ".json"):
+        raise FmrlError(f"{out}: --out must end in .safetensors or .json")
+    run = _load_run(run_dir)
+    config = run.config or {}
+    sizes = [int(s) for s in (config.get("model") or {}).get("sizes", [])]
+    if size not in sizes:
+        raise FmrlError(f"--size {size}: the run was trained at sizes {sizes}; pick one of them")
+    kind = (config.get("model") or {}).get("item_embedding", "content")
+    if kind == "id":
+        raise FmrlError(f"{run_dir}: the run uses id embeddings only; new items need a content-based run")
+    if kind == "hybrid":
+        console.print("[yellow]note: hybrid run: new items get the content part only (no learned id vector)")
+    fdir = config.get("features")
+    if not fdir:
+        raise FmrlError(f"{run_dir}: the run was trained without content features; new items need a run "
+                        "trained on `fmrl-sdk featurize` features")
+    fdir = Path(fdir).expanduser()
+    if not fdir.exists() and not fdir.is_absolute() and (run_dir / fdir).exists():
+        fdir = run_dir / fdir
+    manifest = read_manifest(fdir)
+    ids, metas, images = read_new_items(items_file)
+    t0 = time.perf_counter()
+    feats, info = features_for_items(manifest, metas, images, text_encoder=text_encoder,
+                                     image_encoder=image_encoder, batch_size=batch_size, device=device,
+                                     console=console)
+    model = run.model
+    model.eval()
+    try:
+        param = next(model.parameters())
+        target = {"device": param.device, "dtype": param.dtype}
+    except (StopIteration, AttributeError, TypeError):
+        target = {}
+    with torch.inference_mode():
+        vecs = model.content_vectors(torch.from_numpy(feats).to(**target))
+    vecs = vecs[:, :size].float().cpu().numpy()
+    if vecs.shape != (len(ids), size):
+        raise FmrlError(f"{run_dir}: the projector gave vectors of shape {list(vecs.shape)}, "
+                        f"expected [{len(ids)}, {size}]")
+    meta = {"format": VECTORS_FORMAT, "run": str(run_dir), "size": size, "features": str(fdir),
+            "input_hash": manifest.get("input_hash")}
+    if out.suffix.lower() == ".json":
+        atomic_write_json(out, dict(meta, ids=ids, vectors=vecs.tolist()))
+    else:
+        from safetensors.numpy import save
+
+        atomic_write_bytes(out, save({"vectors": np.ascontiguousarray(vecs)},
+                                     metadata={k: json.dumps(v) if not isinstance(v, str) else v
+                                               for k, v in dict(meta, ids=ids).items()}))
+    seconds = time.perf_counter() - t0
+    console.print(f"[green]wrote {out}[/green]: {len(ids)} items x {size} dims in {seconds:.1f}s")
+    return {"out": str(out), "items": len(ids), "size": size, "ids": ids, "seconds": round(seconds, 3), **info}
+
+
+def read_item_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Read what item-vectors wrote: (ids, vectors [M, S] float32)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FmrlError(f"{path}: file not found")
+    if path.suffix.lower() == ".json":
+        obj = json.loads(path.read_text())
+        return [str(i) for i in obj["ids"]], np.asarray(obj["vectors"], dtype=np.float32)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        vectors = f.get_tensor("vectors")
+    return json.loads(meta["ids"]), vectors

@@ -1,0 +1,352 @@
+"""fMRLRec: a Linear-Recurrent-Unit sequential recommender whose weights hold every model size at once.
+
+Granularities m_1 < ... < m_K = d split the hidden dimension into chunks [m_{k-1}, m_k). Every weight
+matrix is block lower-triangular over those chunks, every LayerNorm is per chunk, and everything else
+is per dimension, so the first m_k hidden dims never look at the rest: `model.cut(m_k)` is exactly the
+size-m_k model. Shapes: B batch, L sequence length, d = m_K hidden size, N items, F feature dims.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
+ITEM_EMBEDDINGS = ("content", "id", "hybrid")
+
+
+@dataclass
+class ModelConfig:
+    num_items: int                            # N, items are 1..N, 0 is padding
+    sizes: tuple[int, ...] = DEFAULT_SIZES    # nested granularities; the last is d
+    feature_dim: int = 0                      # F: concatenated content features (0: no content)
+    item_embedding: str = "content"           # content | id | hybrid (content + learned id vector)
+    num_blocks: int = 1
+    dropout: float = 0.1                      # embedding and feed-forward dropout
+    lru_dropout: float = 0.1                  # dropout on the LRU output
+    r_min: float = 0.0                        # ring initialisation radius of |lambda|
+    r_max: float = 0.1
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sizes = tuple(int(s) for s in self.sizes)
+        if not self.sizes or any(b <= a for a, b in zip(self.sizes, self.sizes[1:])) or self.sizes[0] < 1:
+            raise ValueError(f"sizes must be strictly increasing positive integers, got {self.sizes}")
+        if self.item_embedding not in ITEM_EMBEDDINGS:
+            raise ValueError(f"item_embedding must be one of {ITEM_EMBEDDINGS}, got {self.item_embedding!r}")
+        if self.item_embedding in ("content", "hybrid") and self.feature_dim <= 0:
+            raise ValueError(f"item_embedding={self.item_embedding!r} needs content features (feature_dim > 0)")
+
+    @property
+    def d(self) -> int:
+        return self.sizes[-1]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sizes": list(self.sizes)}
+
+
+def nested_mask(sizes: tuple[int, ...]) -> torch.Tensor:
+    """[d, d] block lower-triangular 0/1 mask: output i may read input j iff j < end of i's chunk."""
+    d = sizes[-1]
+    chunk_end = torch.empty(d, dtype=torch.long)
+    start = 0
+    for end in sizes:
+        chunk_end[start:end] = end
+        start = end
+    return (torch.arange(d)[None, :] < chunk_end[:, None]).float()
+
+
+class NestedLinear(nn.Module):
+    """y = x W^T + b with W block lower-triangular over the size chunks.
+
+    `n_in`/`n_out` stack several d-dim groups (for real/imaginary parts): the weight is
+    [n_out * d, n_in * d] and every d x d block carries the same nested mask.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], n_in: int = 1, n_out: int = 1, zero_init_groups: tuple = ()):
+        super().__init__()
+        d = sizes[-1]
+        self.sizes, self.n_in, self.n_out = sizes, n_in, n_out
+        self.register_buffer("mask", nested_mask(sizes).repeat(n_out, n_in), persistent=False)
+        self.weight = nn.Parameter(torch.empty(n_out * d, n_in * d))
+        self.bias = nn.Parameter(torch.empty(n_out * d))
+        # nn.Linear's default init per output chunk: U(+-1/sqrt(fan_in)), fan_in = the chunk's input width
+        bound = self.mask[:, :d].sum(1, keepdim=True).rsqrt()  # [n_out * d, 1]
+        with torch.no_grad():
+            self.weight.copy_((torch.rand_like(self.weight) * 2 - 1) * bound)
+            self.bias.copy_((torch.rand_like(self.bias) * 2 - 1) * bound[:, 0])
+            for g in zero_init_groups:  # e.g. imaginary parts start at 0, as a real Linear cast to complex
+                self.weight[g * d:(g + 1) * d] = 0
+                self.bias[g * d:(g + 1) * d] = 0
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight(), self.bias)
+
+    def cut_state(self, size: int) -> dict[str, torch.Tensor]:
+        """Weights of the size-`size` model: the leading size x size corner of every group block."""
+        d = self.sizes[-1]
+        rows = torch.cat([torch.arange(g * d, g * d + size) for g in range(self.n_out)])
+        cols = torch.cat([torch.arange(g * d, g * d + size) for g in range(self.n_in)])
+        return {"weight": self.weight[rows][:, cols], "bias": self.bias[rows]}
+
+    def num_effective_params(self) -> int:
+        return int(self.mask.sum().item()) + self.bias.numel()
+
+
+class NestedLayerNorm(nn.Module):
+    """An independent LayerNorm over every size chunk, computed for all chunks at once.
+
+    `assign` [d, K] maps dims to chunks; chunk means are x @ (assign / chunk widths).
+    """
+
+    def __init__(self, sizes: tuple[int, ...], eps: float = 1e-5):
+        super().__init__()
+        d, starts = sizes[-1], (0,) + sizes[:-1]
+        assign = torch.zeros(d, len(sizes))
+        for k, (a, b) in enumerate(zip(starts, sizes)):
+            assign[a:b, k] = 1.0
+        self.register_buffer("assign", assign, persistent=False)
+        self.register_buffer("average", assign / assign.sum(0), persistent=False)
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = (x @ self.average) @ self.assign.T
+        centred = x - mean
+        var = ((centred * centred) @ self.average) @ self.assign.T
+        return centred * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def cut_state(self, size: int) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight[:size], "bias": self.bias[:size]}
+
+
+@dataclass
+class LRUState:
+    """Recurrent state of one LRU layer: h = real + i * imag, each [B, d] float32."""
+
+    real: torch.Tensor
+    imag: torch.Tensor
+
+
+class LRU(nn.Module):
+    """Diagonal complex linear recurrence h_t = lambda * h_{t-1} + gamma * (B x_t + b), y_t = Re(C h_t) + c.
+
+    lambda = exp(-exp(nu_log) + i exp(theta_log)) per dimension; B and C are nested complex linears
+    stored as real blocks: in_proj gives [Re; Im] of B x + b, out_proj reads [Re h, Im h].
+    """
+
+    def __init__(self, sizes: tuple[int, ...], r_min: float, r_max: float, dropout: float):
+        super().__init__()
+        d = sizes[-1]
+        u1, u2 = torch.rand(d), torch.rand(d)
+        nu_log = torch.log(-0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2))
+        theta_log = torch.log(2 * math.pi * u2)
+        gamma_log = torch.log(torch.sqrt(1 - torch.exp(-torch.exp(nu_log)) ** 2))
+        self.nu_log, self.theta_log, self.gamma_log = (nn.Parameter(p) for p in (nu_log, theta_log, gamma_log))
+        self.in_proj = NestedLinear(sizes, n_out=2, zero_init_groups=(1,))
+        self.out_proj = NestedLinear(sizes, n_in=2)
+        with torch.no_grad():  # imaginary half of C starts at zero (columns d..2d)
+            self.out_proj.weight[:, d:] = 0
+        self.dropout = nn.Dropout(dropout)
+
+    def log_lambda(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log|lambda|, arg lambda), each [d]."""
+        return -torch.exp(self.nu_log), torch.exp(self.theta_log)
+
+    def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """gamma * (B x + b) as (real, imag), each [..., d]."""
+        u = self.in_proj(x) * torch.exp(self.gamma_log).repeat(2)
+        return u.chunk(2, dim=-1)
+
+    def outputs(self, h_real: torch.Tensor, h_imag: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.out_proj(torch.cat([h_real, h_imag], dim=-1)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Parallel mode. x [B, L, d] with L a power of two, mask [B, L] (False at left padding)."""
+        u_real, u_imag = self.inputs(x)
+        keep = mask[..., None].to(u_real.dtype)  # padding feeds nothing into the state
+        u = torch.complex(u_real * keep, u_imag * keep)
+        h = parallel_scan(u, *self.log_lambda())
+        return self.outputs(h.real, h.imag)
+
+    def step(self, x: torch.Tensor, state: LRUState) -> tuple[torch.Tensor, LRUState]:
+        """Recurrent mode, one event. x [B, d]; real arithmetic only (exportable, no complex dtype)."""
+        u_real, u_imag = self.inputs(x)
+        magnitude, angle = self.log_lambda()
+        lam_real, lam_imag = torch.exp(magnitude) * torch.cos(angle), torch.exp(magnitude) * torch.sin(angle)
+        real = lam_real * state.real - lam_imag * state.imag + u_real
+        imag = lam_real * state.imag + lam_imag * state.real + u_imag
+        return self.outputs(real, imag), LRUState(real, imag)
+
+    def cut_state(self, size: int) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name)[:size] for name in ("nu_log", "theta_log", "gamma_log")}
+
+
+def parallel_scan(u: torch.Tensor, log_magnitude: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """h_t = lambda * h_{t-1} + u_t with h_{-1} = 0, in log2(L) doubling steps.
+
+    u [B, L, d] complex with L a power of two; lambda = exp(log_magnitude + i * angle), each [d].
+    Step j joins neighbouring blocks of length b = 2^j: the right block adds lambda^(1..b) times the
+    left block's last state.
+    """
+    batch, length, d = u.shape
+    powers = torch.arange(1, max(length // 2, 1) + 1, device=u.device, dtype=log_magnitude.dtype)[:, None]
+    lambda_powers = torch.exp(torch.complex(powers * log_magnitude, powers * angle))  # [L/2, d]
+    h, block = u, 1
+    while block < length:
+        h = h.reshape(batch, length // (2 * block), 2 * block, d)
+        left, right = h[:, :, :block], h[:, :, block:]
+        right = right + lambda_powers[:block] * left[:, :, -1:]
+        h = torch.cat([left, right], dim=2).reshape(batch, length, d)
+        block *= 2
+    return h
+
+
+class FeedForward(nn.Module):
+    """Gated SiLU: W2(SiLU(G x) * W1 x), all nested."""
+
+    def __init__(self, sizes: tuple[int, ...], dropout: float):
+        super().__init__()
+        self.gate, self.w1, self.w2 = NestedLinear(sizes), NestedLinear(sizes), NestedLinear(sizes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.gate(x)) * self.dropout(self.w1(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: h = x + LRU(LN(x)); out = h + FFN(LN(h))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.lru_norm, self.ffn_norm = NestedLayerNorm(cfg.sizes), NestedLayerNorm(cfg.sizes)
+        self.lru = LRU(cfg.sizes, cfg.r_min, cfg.r_max, cfg.lru_dropout)
+        self.ffn = FeedForward(cfg.sizes, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = x + self.lru(self.lru_norm(x), mask)
+        return h + self.ffn(self.ffn_norm(h))
+
+    def step(self, x: torch.Tensor, state: LRUState) -> tuple[torch.Tensor, LRUState]:
+        y, state = self.lru.step(self.lru_norm(x), state)
+        h = x + y
+        return h + self.ffn(self.ffn_norm(h)), state
+
+
+class FMRLRec(nn.Module):
+    """Item table from content (and/or ids), LRU blocks, weight-tied scoring at any granularity.
+
+    features: [N + 1, F] frozen content features (row 0 = padding, zeros), or None without content.
+    """
+
+    def __init__(self, cfg: ModelConfig, features: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d
+        if cfg.item_embedding in ("content", "hybrid"):
+            if features is None or features.shape != (cfg.num_items + 1, cfg.feature_dim):
+                got = None if features is None else tuple(features.shape)
+                raise ValueError(f"expected features of shape {(cfg.num_items + 1, cfg.feature_dim)}, got {got}")
+            self.register_buffer("features", features.float(), persistent=False)
+            self.projector = nn.Linear(cfg.feature_dim, d)
+        if cfg.item_embedding in ("id", "hybrid"):
+            self.id_embedding = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
+            nn.init.normal_(self.id_embedding.weight, std=0.02 if cfg.item_embedding == "hybrid" else 1.0 / d**0.5)
+            with torch.no_grad():
+                self.id_embedding.weight[0] = 0
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_blocks))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    # -- items ---------------------------------------------------------------------------------
+    def content_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """Project content features [M, F] to item vectors [M, d] (also for items added after training)."""
+        return self.projector(features)
+
+    def item_table(self) -> torch.Tensor:
+        """E [N + 1, d]; row 0 is the padding item (input at empty-history positions)."""
+        table = 0
+        if self.cfg.item_embedding in ("content", "hybrid"):
+            table = self.content_vectors(self.features)
+        if self.cfg.item_embedding in ("id", "hybrid"):
+            table = table + self.id_embedding.weight
+        return table
+
+    # -- sequences -----------------------------------------------------------------------------
+    def forward(self, items: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """items [B, L] left-padded item indices -> hidden states [B, L, d] (parallel mode)."""
+        table = self.item_table() if table is None else table
+        length = items.shape[1]
+        padded = 1 << max(0, (length - 1).bit_length())
+        items = F.pad(items, (padded - length, 0))
+        x, mask = self.dropout(table[items]), items > 0
+        for block in self.blocks:
+            x = block(x, mask)
+        return x[:, padded - length:]
+
+    def initial_state(self, batch: int = 1) -> list[LRUState]:
+        zeros = torch.zeros(batch, self.cfg.d)
+        return [LRUState(zeros.clone(), zeros.clone()) for _ in self.blocks]
+
+    def step(self, item_vector: torch.Tensor, state: list[LRUState]) -> tuple[torch.Tensor, list[LRUState]]:
+        """Recurrent mode: item_vector [B, d] (a row of the item table) -> hidden [B, d], new state."""
+        x, new_state = item_vector, []
+        for block, block_state in zip(self.blocks, state):
+            x, block_state = block.step(x, block_state)
+            new_state.append(block_state)
+        return x, new_state
+
+    def empty_history_hidden(self, table: torch.Tensor) -> torch.Tensor:
+        """Hidden state [d] before any interaction: the padding item through the blocks with h = 0.
+
+        (In parallel mode padding positions feed nothing into the LRU state, so this equals the
+        output at the last padding position, from which training predicts a user's first item.)
+        """
+        x = table[0:1]
+        for block in self.blocks:
+            h = x + block.lru.outputs(torch.zeros_like(x), torch.zeros_like(x))
+            x = h + block.ffn(block.ffn_norm(h))
+        return x[0]
+
+    @staticmethod
+    def scores(hidden: torch.Tensor, table: torch.Tensor, size: int) -> torch.Tensor:
+        """Weight-tied scores at granularity `size`: hidden[..., :size] @ E[1:, :size]^T -> [..., N]."""
+        return hidden[..., :size] @ table[1:, :size].T
+
+    # -- granularities -------------------------------------------------------------------------
+    def cut(self, size: int) -> "FMRLRec":
+        """The standalone size-`size` model (sizes up to `size`), holding exactly the leading weights."""
+        if size not in self.cfg.sizes:
+            raise ValueError(f"size {size} was not trained; trained sizes: {list(self.cfg.sizes)}")
+        cfg = ModelConfig(**{**self.cfg.to_dict(), "sizes": tuple(s for s in self.cfg.sizes if s <= size)})
+        small = FMRLRec(cfg, getattr(self, "features", None))
+        state = {}
+        for name, module in self.named_modules():
+            if hasattr(module, "cut_state"):
+                state.update({f"{name}.{k}": v for k, v in module.cut_state(size).items()})
+        if hasattr(self, "projector"):
+            state["projector.weight"], state["projector.bias"] = self.projector.weight[:size], self.projector.bias[:size]
+        if hasattr(self, "id_embedding"):
+            state["id_embedding.weight"] = self.id_embedding.weight[:, :size]
+        small.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+        return small
+
+    def num_params(self) -> dict[str, int]:
+        """Effective (unmasked) trainable parameters, split into the item side and the sequence side."""
+        item = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("projector", "id_embedding")))
+        seq = 0
+        for module in self.blocks.modules():
+            if isinstance(module, NestedLinear):
+                seq += module.num_effective_params()
+            elif isinstance(module, (NestedLayerNorm,)):
+                seq += 2 * module.weight.numel()
+            elif isinstance(module, LRU):
+                seq += 3 * module.nu_log.numel()
+        return {"item": item, "sequence": seq, "total": item + seq}

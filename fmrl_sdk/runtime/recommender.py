@@ -1,0 +1,343 @@
+"""Recommender (one opened bundle) and Session (one user's constant-size state).
+
+    rec = Recommender.open("bundles/phone-lowmem")
+    session = rec.new_session()
+    session.observe("B0030HKJ8I")                  # external item id
+    session.recommend(k=10)                         # [(item_id, score), ...], best first
+    blob = session.to_bytes(); session = rec.restore(blob)
+
+Thread safety: a Recommender may be shared by any number of threads. ExecuTorch method execution is
+serialised by a lock inside the engine, and `add_items` swaps in a new immutable catalogue (sessions
+read one consistent snapshot per call). A Session is NOT thread-safe: use one session per user and
+never call the same session from two threads at once (or guard it yourself).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FmrlError
+from . import seen
+from .bundle import Bundle, load_bundle
+
+STATE_MAGIC = b"FMRS"
+STATE_VERSION = 1
+# magic, version, rows, size, k_max, bloom hashes, flags, bloom bytes, bundle fingerprint,
+# observed, unknown, seen-only
+_HEADER = struct.Struct("<4sHHHHHHI16sQII")
+_CRC = struct.Struct("<I")
+UNKNOWN_POLICIES = ("skip", "raise")
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    """Immutable snapshot of the item catalogue: the bundle's items, then items added after export."""
+
+    ids: list                    # external id of internal index i at ids[i - 1]
+    index: dict                  # external id -> internal index
+    positions: np.ndarray        # [1 + N + M, hashes] Bloom bit positions (row 0 unused)
+    added_vectors: np.ndarray | None   # [M, s] float32 or None
+    added_indices: np.ndarray | None   # [M] int64: N + 1 .. N + M
+
+
+class Recommender:
+    """An opened, verified bundle plus its step engine. See the module docstring for thread safety."""
+
+    def __init__(self, bundle: Bundle, engine, *, on_unknown: str = "skip", exclude_seen: bool = False,
+                 bloom_bits: int = seen.DEFAULT_BITS, bloom_hashes: int = seen.DEFAULT_HASHES):
+        if on_unknown not in UNKNOWN_POLICIES:
+            raise ValueError(f"on_unknown must be one of {UNKNOWN_POLICIES}, got {on_unknown!r}")
+        seen.check_params(bloom_bits, bloom_hashes)
+        self.bundle, self.engine = bundle, engine
+        self.on_unknown, self.exclude_seen = on_unknown, bool(exclude_seen)
+        self.bloom_bits, self.bloom_hashes = bloom_bits, bloom_hashes
+        self.state_shape = bundle.state_shape
+        self.k_max = bundle.k_max
+        cold = bundle.cold_start
+        if len(cold["indices"]) != self.k_max:
+            raise FmrlError(f"{bundle.path}/cold_start.json: {len(cold['indices'])} entries, manifest k_max {self.k_max}")
+        self._cold_scores = np.asarray(cold["scores"], dtype=np.float32)
+        self._cold_indices = np.asarray(cold["indices"], dtype=np.int64)
+        self._cold_hidden = np.asarray(cold["hidden"], dtype=np.float32)
+        ids = list(bundle.item_ids)
+        positions = np.zeros((1 + len(ids), bloom_hashes), dtype=np.int64)
+        positions[1:] = seen.item_positions(ids, bloom_bits, bloom_hashes)
+        self._catalog = _Catalog(ids, {item: i + 1 for i, item in enumerate(ids)}, positions, None, None)
+        self._add_lock = threading.Lock()
+        rows, size = self.state_shape
+        self.state_bytes = (_HEADER.size + 4 * (rows * size + size + 2 * self.k_max)
+                            + bloom_bits // 8 + _CRC.size)
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, on_unknown: str = "skip", exclude_seen: bool = False,
+             bloom_bits: int = seen.DEFAULT_BITS, bloom_hashes: int = seen.DEFAULT_HASHES,
+             engine=None, check_executorch_version: bool = True) -> "Recommender":
+        """Verify the bundle at `path` (format version, sha256 of every file) and load its program.
+
+        on_unknown: what `Session.observe` does with an item id the bundle does not know:
+        'skip' (count it in `session.unknown`) or 'raise' (FmrlError).
+        exclude_seen: default of `Session.recommend(exclude_seen=None)`.
+        engine: any object with the engine step signature (fmrl_sdk.runtime.engine) instead of the .pte.
+        """
+        bundle = load_bundle(path, check_executorch_version=check_executorch_version)
+        if engine is None:
+            from .engine import PteEngine
+
+            engine = PteEngine(bundle.program, bundle.method, bundle.state_shape, bundle.k_max)
+        return cls(bundle, engine, on_unknown=on_unknown, exclude_seen=exclude_seen,
+                   bloom_bits=bloom_bits, bloom_hashes=bloom_hashes)
+
+    def close(self) -> None:
+        if hasattr(self.engine, "close"):
+            self.engine.close()
+
+    def __enter__(self) -> "Recommender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict:
+        return self.bundle.manifest
+
+    @property
+    def granularity(self) -> int:
+        return self.bundle.granularity
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex id of the bundle's files; a saved session state carries it."""
+        return self.bundle.fingerprint.hex()
+
+    @property
+    def num_items(self) -> int:
+        """Items inside the program (export time); added items come on top."""
+        return self.bundle.num_items
+
+    @property
+    def item_ids(self) -> list[str]:
+        """External ids of every recommendable item, in internal order (export-time items first)."""
+        return list(self._catalog.ids)
+
+    def item_index(self, item_id) -> int | None:
+        """Internal index (1-based) of an external id, or None."""
+        return self._catalog.index.get(item_id if type(item_id) is str else str(item_id))
+
+    def cold_start(self, k: int = 10) -> list[tuple[str, float]]:
+        """The recommendation before any interaction (cold_start.json, merged with added items)."""
+        return self.new_session().recommend(k, exclude_seen=False)
+
+    # -- sessions ------------------------------------------------------------------------------
+    def new_session(self) -> "Session":
+        return Session(self, np.zeros(self.state_shape, dtype=np.float32), self._cold_hidden,
+                       self._cold_scores, self._cold_indices, bytearray(self.bloom_bits // 8))
+
+    def restore(self, data: bytes) -> "Session":
+        """A session from `Session.to_bytes()`; refuses corrupt, foreign or incompatible states."""
+        data = bytes(data)
+        if len(data) < _HEADER.size + _CRC.size or data[:4] != STATE_MAGIC:
+            raise FmrlError("not an fmrl-sdk session state (bad magic or too short)")
+        (_, version, rows, size, k_max, hashes, _flags, bloom_bytes, fingerprint,
+         observed, unknown, seen_only) = _HEADER.unpack_from(data)
+        if version != STATE_VERSION:
+            raise FmrlError(f"session state version {version}; this runtime reads {STATE_VERSION}")
+        (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+        if zlib.crc32(data[:-_CRC.size]) != crc:
+            raise FmrlError("session state is corrupt (checksum mismatch)")
+        if fingerprint != self.bundle.fingerprint:
+            raise FmrlError(f"session state belongs to another bundle (fingerprint {fingerprint.hex()}, "
+                            f"this bundle {self.fingerprint}); start a new session")
+        if (rows, size) != tuple(self.state_shape) or k_max != self.k_max:
+            raise FmrlError(f"session state shape {rows}x{size}/k_max {k_max} does not match the bundle")
+        if bloom_bytes * 8 != self.bloom_bits or hashes != self.bloom_hashes:
+            raise FmrlError(f"session state uses a {bloom_bytes * 8}-bit/{hashes}-hash seen filter; this "
+                            f"Recommender was opened with {self.bloom_bits}/{self.bloom_hashes}")
+        if len(data) != self.state_bytes:
+            raise FmrlError(f"session state has {len(data)} bytes, expected {self.state_bytes} (truncated?)")
+        offset = _HEADER.size
+
+        def take(dtype, count):
+            nonlocal offset
+            arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset).copy()
+            offset += arr.nbytes
+            return arr
+
+        state = take("<f4", rows * size).reshape(rows, size).astype(np.float32)
+        hidden = take("<f4", size).astype(np.float32)
+        scores = take("<f4", k_max).astype(np.float32)
+        indices = take("<i4", k_max).astype(np.int64)
+        bloom = bytearray(data[offset:offset + bloom_bytes])
+        session = Session(self, state, hidden, scores, indices, bloom)
+        session.observed, session.unknown, session.seen_only = observed, unknown, seen_only
+        return session
+
+    # -- items added after export --------------------------------------------------------------
+    def add_items(self, ids, vectors) -> int:
+        """Make items created after export recommendable: `vectors` [M, >= s] (first s dims are used,
+        the nested model's size-s item vector is the prefix of the full one), from `fmrl-sdk item-vectors`.
+
+        Added items are scored as hidden @ vector against the step's `hidden` output and merged into the
+        program's top-k. They cannot be *observed* as inputs (the program only embeds export-time items):
+        observing one marks it seen but leaves the state unchanged (counted in `session.seen_only`).
+        Adding an id again replaces its vector. Returns the number of new ids.
+        """
+        ids = [str(i) for i in ids]
+        vectors = np.asarray(vectors, dtype=np.float32)
+        size = self.granularity
+        if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+            raise FmrlError(f"add_items: expected vectors [{len(ids)}, {size}], got {list(vectors.shape)}")
+        if vectors.shape[1] < size:
+            raise FmrlError(f"add_items: vectors have {vectors.shape[1]} dims, the bundle needs {size}")
+        if not np.isfinite(vectors).all():
+            raise FmrlError("add_items: vectors contain NaN or infinity")
+        if len(set(ids)) != len(ids):
+            raise FmrlError("add_items: duplicate ids")
+        vectors = np.ascontiguousarray(vectors[:, :size])
+        with self._add_lock:
+            old = self._catalog
+            n = self.num_items
+            clash = [i for i in ids if old.index.get(i, n + 1) <= n]
+            if clash:
+                raise FmrlError(f"add_items: {clash[0]!r} is already in the bundle ({len(clash)} such ids); "
+                                "export-time items cannot be replaced")
+            all_ids, index = list(old.ids), dict(old.index)
+            added = old.added_vectors.copy() if old.added_vectors is not None else np.zeros((0, size), np.float32)
+            new_ids = [i for i in ids if i not in index]
+            if new_ids:
+                for i in new_ids:
+                    all_ids.append(i)
+                    index[i] = len(all_ids)
+                added = np.concatenate([added, np.zeros((len(new_ids), size), np.float32)])
+            rows = np.array([index[i] - n - 1 for i in ids], dtype=np.int64)
+            added[rows] = vectors
+            positions = np.concatenate(
+                [old.positions, seen.item_positions(new_ids, self.bloom_bits, self.bloom_hashes)])
+            self._catalog = _Catalog(all_ids, index, positions, added,
+                                     np.arange(n + 1, n + 1 + added.shape[0], dtype=np.int64))
+        return len(new_ids)
+
+    def add_items_from_file(self, path: str | Path) -> int:
+        """Add the items of a safetensors file from `fmrl-sdk item-vectors`: tensor `vectors` [M, d] and
+        the ids as a JSON list in the metadata (key `ids`, or `item_ids`)."""
+        import json
+
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FmrlError(f"{path}: file not found")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if "vectors" not in f.keys():
+                    raise FmrlError(f"{path}: no tensor 'vectors' (found {sorted(f.keys())})")
+                vectors = f.get_tensor("vectors")
+        except FmrlError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise FmrlError(f"{path}: not a readable safetensors file ({e})") from None
+        raw = meta.get("ids", meta.get("item_ids"))
+        if raw is None:
+            raise FmrlError(f"{path}: metadata has no 'ids' (JSON list of item ids)")
+        try:
+            ids = json.loads(raw)
+        except json.JSONDecodeError:
+            raise FmrlError(f"{path}: metadata 'ids' is not a JSON list") from None
+        if not isinstance(ids, list):
+            raise FmrlError(f"{path}: metadata 'ids' is not a JSON list")
+        return self.add_items(ids, vectors)
+
+
+class Session:
+    """One user's state: LRU state, the last step's top-k_max and hidden vector, a Bloom filter of seen
+    items and three counters. Its size is constant (`Recommender.state_bytes`) whatever the history
+    length. Not thread-safe (see the module docstring)."""
+
+    __slots__ = ("_rec", "_state", "_hidden", "_scores", "_indices", "_bloom", "observed", "unknown", "seen_only")
+
+    def __init__(self, rec: Recommender, state, hidden, scores, indices, bloom):
+        self._rec = rec
+        self._state, self._hidden, self._scores, self._indices, self._bloom = state, hidden, scores, indices, bloom
+        self.observed = 0     # events that advanced the state
+        self.unknown = 0      # events skipped: item unknown to the bundle (on_unknown='skip')
+        self.seen_only = 0    # events of items added after export (marked seen, state unchanged)
+
+    def observe(self, item_id) -> bool:
+        """Feed one interaction (external item id). True if the state advanced."""
+        index = self._rec._catalog.index.get(item_id if type(item_id) is str else str(item_id))
+        if index is None:
+            if self._rec.on_unknown == "raise":
+                raise FmrlError(f"unknown item {item_id!r}: not in the bundle nor added with add_items")
+            self.unknown += 1
+            return False
+        return self.observe_index(index)
+
+    def observe_index(self, index: int) -> bool:
+        """`observe` by internal index (1..N for export-time items, above N for added items)."""
+        rec = self._rec
+        positions = rec._catalog.positions
+        if not 0 < index < len(positions):
+            raise FmrlError(f"internal item index {index} out of range [1, {len(positions) - 1}]")
+        seen.add(self._bloom, positions[index].tolist())
+        if index > rec.bundle.num_items:
+            self.seen_only += 1
+            return False
+        self._scores, self._indices, self._state, self._hidden = rec.engine.step(index, self._state)
+        self.observed += 1
+        return True
+
+    def top(self, k: int = 10, exclude_seen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(internal indices [<= k], scores [<= k]), best first: the program's top-k_max merged with
+        added items, seen items removed if asked. Fewer than k come back only when exclude_seen
+        removed more than k_max - k of the candidates."""
+        rec = self._rec
+        if not 1 <= k <= rec.k_max:
+            raise ValueError(f"k must be in [1, {rec.k_max}] (the bundle's k_max), got {k}")
+        if exclude_seen is None:
+            exclude_seen = rec.exclude_seen
+        catalog = rec._catalog
+        indices, scores = self._indices, self._scores
+        if catalog.added_vectors is not None:
+            indices = np.concatenate([indices, catalog.added_indices])
+            scores = np.concatenate([scores, catalog.added_vectors @ self._hidden])
+            order = np.argsort(-scores, kind="stable")
+            indices, scores = indices[order], scores[order]
+        if exclude_seen:
+            keep = ~seen.contains_many(self._bloom, catalog.positions[indices])
+            indices, scores = indices[keep], scores[keep]
+        return indices[:k], scores[:k]
+
+    def recommend(self, k: int = 10, exclude_seen: bool | None = None) -> list[tuple[str, float]]:
+        """[(item_id, score)] best first. Before any observe this is the bundle's cold start.
+        exclude_seen=None uses the Recommender's default."""
+        indices, scores = self.top(k, exclude_seen)
+        ids = self._rec._catalog.ids
+        return [(ids[i - 1], s) for i, s in zip(indices.tolist(), scores.tolist())]
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """The user vector after the last event (copy)."""
+        return self._hidden.copy()
+
+    def to_bytes(self) -> bytes:
+        """Versioned, crc32-checked, bundle-bound serialisation (`Recommender.state_bytes` bytes)."""
+        rec = self._rec
+        rows, size = rec.state_shape
+        head = _HEADER.pack(STATE_MAGIC, STATE_VERSION, rows, size, rec.k_max, rec.bloom_hashes, 0,
+                            len(self._bloom), rec.bundle.fingerprint, self.observed, self.unknown, self.seen_only)
+        body = b"".join((head,
+                         self._state.astype("<f4", copy=False).tobytes(),
+                         self._hidden.astype("<f4", copy=False).tobytes(),
+                         self._scores.astype("<f4", copy=False).tobytes(),
+                         self._indices.astype("<i4").tobytes(),
+                         bytes(self._bloom)))
+        return body + _CRC.pack(zlib.crc32(body))

@@ -1,0 +1,1 @@
+"""Stream simulation (`fmrl-sdk simulate`) and event streams from data (`fmrl-sdk make-stream`)."""

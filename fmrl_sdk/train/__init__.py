@@ -1,0 +1,1 @@
+"""Server-side training: recipes, the nested objective, the trainer, evaluation and run directories."""

@@ -1,0 +1,147 @@
+"""Training recipes: TOML files with [data], [model] and [train] tables, validated strictly.
+
+Unknown tables or keys, wrong types and impossible values are one-line FmrlErrors naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from ..errors import FmrlError
+from ..model.model import DEFAULT_SIZES, ITEM_EMBEDDINGS
+
+
+@dataclass
+class DataSection:
+    path: str = "demo"               # P5 folder, CSV/JSONL file, or "demo" (packaged set)
+    features: str = ""               # folder written by `fmrl-sdk featurize` ("" = none)
+    max_len: int = 50                # history length the model sees in training and evaluation
+    min_count: int = 5               # k-core for CSV/JSONL interaction files
+
+
+@dataclass
+class ModelSection:
+    sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
+    item_embedding: str = "content"  # content | id | hybrid
+    num_blocks: int = 1
+    dropout: float = 0.1
+    lru_dropout: float = 0.1
+    r_min: float = 0.0
+    r_max: float = 0.1
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 200                # also the horizon of the cosine schedule
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    patience: int = 10               # early stopping on validation NDCG@10 at the largest size
+    seed: int = 42
+    size_weights: list[float] = field(default_factory=list)  # loss weight per size ([] = equal)
+    loss_method: str = "fused"       # fused | running_sum | masked (same loss, different arithmetic)
+    eval_batch_size: int = 256
+    threads: int = 0                 # torch threads (0 = all cores)
+
+
+@dataclass
+class Recipe:
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"data": dataclasses.asdict(self.data), "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "<recipe>") -> "Recipe":
+        sections = {"data": DataSection, "model": ModelSection, "train": TrainSection}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise FmrlError(f"{source}: unknown table [{sorted(unknown)[0]}] (expected {', '.join(sections)})")
+        built = {name: _section(section_cls, raw.get(name, {}), f"{source} [{name}]")
+                 for name, section_cls in sections.items()}
+        recipe = cls(**built, source=source)
+        recipe.validate()
+        return recipe
+
+    def override(self, section: str, key: str, value) -> None:
+        if value is not None:
+            setattr(getattr(self, section), key, value)
+            self.validate()
+
+    def validate(self) -> None:
+        src, m, t, d = self.source, self.model, self.train, self.data
+        sizes = m.sizes
+        if not sizes or any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+            raise FmrlError(f"{src}: [model] sizes must be strictly increasing positive integers, got {sizes}")
+        if m.item_embedding not in ITEM_EMBEDDINGS:
+            raise FmrlError(f"{src}: [model] item_embedding must be one of {', '.join(ITEM_EMBEDDINGS)}")
+        if t.size_weights and (len(t.size_weights) != len(sizes) or min(t.size_weights) < 0
+                               or sum(t.size_weights) <= 0):
+            raise FmrlError(f"{src}: [train] size_weights needs {len(sizes)} non-negative numbers, not all 0")
+        if t.loss_method not in ("fused", "masked", "running_sum"):
+            raise FmrlError(f"{src}: [train] loss_method must be 'fused', 'masked' or 'running_sum'")
+        checks = [(d.max_len >= 1, "[data] max_len >= 1"), (d.min_count >= 1, "[data] min_count >= 1"),
+                  (m.num_blocks >= 1, "[model] num_blocks >= 1"),
+                  (0 <= m.dropout < 1 and 0 <= m.lru_dropout < 1, "[model] dropouts in [0, 1)"),
+                  (0 <= m.r_min < m.r_max <= 1, "[model] 0 <= r_min < r_max <= 1"),
+                  (t.epochs >= 1 and t.batch_size >= 1 and t.eval_batch_size >= 1, "[train] positive sizes"),
+                  (t.lr > 0 and t.weight_decay >= 0 and t.grad_clip > 0, "[train] lr > 0, grad_clip > 0"),
+                  (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0, "[train] counts >= 0")]
+        for ok, what in checks:
+            if not ok:
+                raise FmrlError(f"{src}: invalid value, need {what}")
+
+
+def _section(section_cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise FmrlError(f"{where}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    for key, value in raw.items():
+        if key not in fields:
+            raise FmrlError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
+        default = getattr(section_cls(), key)
+        if isinstance(default, bool) or not _type_ok(default, value):
+            raise FmrlError(f"{where}: {key} = {value!r} should be {type(default).__name__}")
+    values = {k: (float(v) if isinstance(getattr(section_cls(), k), float) else v) for k, v in raw.items()}
+    return section_cls(**values)
+
+
+def _type_ok(default, value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, list):
+        return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in value)
+    return isinstance(value, type(default))
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise FmrlError(f"{path}: recipe not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise FmrlError(f"{path}: invalid TOML ({e})") from None
+    recipe = Recipe.from_dict(raw, source=str(path))
+    # relative data/feature paths are relative to the recipe file's folder
+    for key in ("path", "features"):
+        value = getattr(recipe.data, key)
+        if value and value != "demo" and not Path(value).is_absolute():
+            setattr(recipe.data, key, str((path.parent / value).resolve()))
+    return recipe

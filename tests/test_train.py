@@ -1,0 +1,149 @@
+"""Recipes, the trainer, run directories, evaluation and the train/eval CLI, bad input included."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fmrl_sdk.data import load_dataset
+from fmrl_sdk.errors import FmrlError
+from fmrl_sdk.train.evaluate import evaluate, rank_metrics
+from fmrl_sdk.train.recipe import Recipe, load_recipe
+from fmrl_sdk.train.run import load_run
+from fmrl_sdk.train.trainer import prepare, train
+
+TINY = {"data": {"path": "demo", "max_len": 20},
+        "model": {"sizes": [4, 8, 16], "item_embedding": "id", "dropout": 0.0, "lru_dropout": 0.0},
+        "train": {"epochs": 2, "batch_size": 256, "lr": 3e-3, "warmup_steps": 2, "patience": 5,
+                  "eval_batch_size": 1000}}
+
+
+def fmrl(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fmrl_sdk.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = train(prepare(Recipe.from_dict(json.loads(json.dumps(TINY)))), run_dir)
+    return run_dir, result
+
+
+def test_run_directory_has_everything_export_needs(tiny_run):
+    run_dir, result = tiny_run
+    for name in ("config.json", "model.safetensors", "items.json", "metrics.json", "history.jsonl"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test"}
+    assert set(metrics["test"]) == {"4", "8", "16"}
+    assert {"Recall@10", "NDCG@10", "MRR@10", "Recall@50", "NDCG@5"} <= set(metrics["test"]["16"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"]["users"] == 2000 and config["model"]["sizes"] == [4, 8, 16]
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[1]["loss"] < history[0]["loss"]  # the loss falls
+    assert history[0]["loss"] < np.log(7374) + 0.5
+
+
+def test_reloaded_run_reproduces_its_metrics(tiny_run):
+    run_dir, result = tiny_run
+    run = load_run(run_dir)
+    again = evaluate(run.model, load_dataset("demo"), "test", max_len=20, batch_size=333)
+    for size in (4, 8, 16):
+        for name, value in result["test"][size].items():
+            assert abs(again[size][name] - value) < 1e-9, (size, name)
+
+
+def test_metrics_from_ranks():
+    m = rank_metrics(torch.tensor([0, 4, 9, 60]), ks=(10,))
+    assert m["Recall@10"].tolist() == [1, 1, 1, 0]
+    assert np.allclose(m["NDCG@10"].tolist(), [1, 1 / np.log2(6), 1 / np.log2(11), 0])
+    assert np.allclose(m["MRR@10"].tolist(), [1, 1 / 5, 1 / 10, 0])
+
+
+def test_evaluation_ranks_against_brute_force(tiny_run):
+    run = load_run(tiny_run[0])
+    data = load_dataset("demo")
+    metrics = evaluate(run.model, data, "test", max_len=20, batch_size=500)
+    metrics_masked = evaluate(run.model, data, "test", max_len=20, batch_size=500, mask_history=True)
+    histories, targets = data.history_and_target("test")
+    from fmrl_sdk.data.dataset import left_pad
+    with torch.no_grad():
+        table = run.model.item_table()
+        hidden = run.model(torch.from_numpy(left_pad(histories, 20)), table)[:, -1]
+        for size in (4, 16):
+            scores = run.model.scores(hidden, table, size)
+            hits = [int((scores[u] > scores[u, t - 1]).sum()) < 10 for u, t in enumerate(targets)]
+            assert abs(np.mean(hits) - metrics[size]["Recall@10"]) < 1e-12
+            masked = scores.clone()
+            for u, h in enumerate(histories):
+                masked[u, h[-20:] - 1] = float("-inf")
+            hits = [int((masked[u] > masked[u, t - 1]).sum()) < 10 for u, t in enumerate(targets)]
+            assert abs(np.mean(hits) - metrics_masked[size]["Recall@10"]) < 1e-12
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"train": {"epochz": 3}}, r"\[train\]: unknown key 'epochz'"),
+    ({"optim": {}}, r"unknown table \[optim\]"),
+    ({"model": {"sizes": [8, 4]}}, "strictly increasing"),
+    ({"train": {"lr": "fast"}}, r"lr = 'fast' should be float"),
+    ({"model": {"item_embedding": "ids"}}, "item_embedding must be one of"),
+    ({"train": {"size_weights": [1, 2]}}, "size_weights needs 8"),
+])
+def test_recipe_validation(raw, match):
+    with pytest.raises(FmrlError, match=match):
+        Recipe.from_dict(raw, source="r.toml")
+
+
+def test_shipped_recipes_load():
+    for name in ("demo", "beauty", "sports", "toys", "clothing"):
+        recipe = load_recipe(f"recipes/{name}.toml")
+        assert recipe.train.patience >= 1
+    beauty = load_recipe("recipes/beauty.toml")
+    assert beauty.model.sizes == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert (beauty.train.lr, beauty.train.batch_size, beauty.model.dropout) == (1e-4, 32, 0.6)
+
+
+def test_cli_train_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochz = 1\n")
+    out = tmp_path / "run"
+    r = fmrl("train", "--recipe", str(bad), "--out", str(out))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown key 'epochz'" in r.stderr
+    assert not out.exists()
+    r = fmrl("train", "--recipe", "demo", "--data", str(tmp_path / "missing"), "--out", str(out))
+    assert r.returncode == 2 and "data not found" in r.stderr and not out.exists()
+    r = fmrl("train", "--recipe", "no-such-recipe")
+    assert r.returncode == 2 and "recipe not found" in r.stderr
+    r = fmrl("train", "--recipe", "demo", "--item-embedding", "content", "--out", str(out))
+    assert r.returncode == 2 and "needs content features" in r.stderr and not out.exists()
+
+
+def test_cli_train_rejects_features_that_do_not_match_items(tmp_path):
+    features = tmp_path / "features"
+    r = fmrl("featurize", "--from-npy", str(_npy(tmp_path, 10)), "--data", "demo", "--out", str(features))
+    assert r.returncode == 2  # 10 rows for 7,374 items
+    assert not features.exists()
+
+
+def _npy(tmp_path, rows):
+    path = tmp_path / "f.npy"
+    np.save(path, np.ones((rows, 4), dtype=np.float32))
+    return path
+
+
+def test_cli_eval_writes_metrics_and_plot(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    r = fmrl("eval", "--run", str(run_dir), "--split", "val", "--mask-history")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "val_masked_history" in metrics
+    assert (run_dir / "metrics_val_masked_history.png").stat().st_size > 1000
+    r = fmrl("eval", "--run", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "run directory not found" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = fmrl("eval", "--run", str(empty))
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
