@@ -18,42 +18,34 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
+    from .deploy import commands as deploy_commands
+    from .features import commands as features_commands
+    from .simulate import commands as simulate_commands
     from .train import commands as train_commands
+    from . import quickstart
 
-    train_commands.register(app)
-    for module in ("fmrl_sdk.features.commands", "fmrl_sdk.deploy.commands", "fmrl_sdk.simulate.commands"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(app)
+    for module in (features_commands, train_commands, deploy_commands, simulate_commands, quickstart):
+        module.register(app)
 
 
 _register_all()
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
+    import click
+
     try:
         app(standalone_mode=False)
     except FmrlError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except click.ClickException as e:  # usage errors carry their own exit code
+        e.show()
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

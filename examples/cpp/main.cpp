@@ -103,8 +103,15 @@ int main(int argc, char** argv) {
     const auto new_state = outputs[2].toTensor();
     // copy everything out before the next call reuses the method's buffers
     scores.assign(out_scores.const_data_ptr<float>(), out_scores.const_data_ptr<float>() + out_scores.numel());
-    indices.assign(out_indices.const_data_ptr<int64_t>(),
-                   out_indices.const_data_ptr<int64_t>() + out_indices.numel());
+    if (out_indices.scalar_type() == ScalarType::Long) {
+      indices.assign(out_indices.const_data_ptr<int64_t>(),
+                     out_indices.const_data_ptr<int64_t>() + out_indices.numel());
+    } else if (out_indices.scalar_type() == ScalarType::Float) {  // some int8 exports return float indices
+      const float* p = out_indices.const_data_ptr<float>();
+      indices.assign(p, p + out_indices.numel());
+    } else {
+      return fail("unexpected dtype of the indices output");
+    }
     std::copy(new_state.const_data_ptr<float>(), new_state.const_data_ptr<float>() + new_state.numel(),
               state.begin());
   }

@@ -4,11 +4,12 @@ Pipeline: StepModel (step.py) -> torch.export(strict=False) -> [int8: pt2e dynam
 quantisation] -> to_edge_transform_and_lower(XNNPACK) -> .pte -> run the .pte with the ExecuTorch
 runtime on real user sequences and compare with eager -> write the bundle atomically.
 
-The item table design (see docs/deploy.md, "Item table: stored once"): the item lookup
-(an embedding, a portable kernel) and the scoring product (a linear in the XNNPACK delegate) read
-the same [N, s] table. If the delegate owns the table as a static weight, the .pte carries it twice
-(delegate blob + program constant). `TABLE_DESIGNS` lists the variants measured; the default passes
-the table to the delegate as a runtime input ("dynamic" weight), so the program stores it once.
+The item table design (docs/deploy.md, "Item table: stored once"): the item lookup and the scoring
+product read the same [N, s] table. A lookup as an embedding runs as a portable kernel outside the
+XNNPACK delegate, so with the scoring linear inside it the .pte carries the table twice (program constant
++ delegate blob). The default ("onehot") does the lookup as one-hot(item) @ table inside the delegate:
+both products use the one static table, which XNNPACK serializes once. `TABLE_DESIGNS` lists the
+variants measured.
 """
 
 from __future__ import annotations
@@ -30,14 +31,21 @@ from .step import ScoreOnly, StepModel
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "int8")
-# how the [N, s] item table reaches the XNNPACK scoring linear (docs/deploy.md has the measurements)
+# How the [N, s] item table reaches the item lookup and the scoring linear (docs/deploy.md has the
+# measured sizes and latencies). fp32 bundles use DEFAULT_DESIGN; int8 bundles always use "int8".
 TABLE_DESIGNS = {
-    "dynamic": "table is a program constant, read by the lookup and passed to the delegate's linear as input",
-    "static": "table is a static delegate weight (packed once at load) and a program constant: stored twice",
-    "portable": "scoring linear not delegated (ExecuTorch CPU kernel); table is one program constant",
+    "onehot": "lookup = one-hot(item) @ table inside the delegate; the delegate's one static table serves "
+              "lookup and scoring: stored once",
+    "static": "lookup = embedding (portable kernel) + scoring in the delegate: stored twice",
+    "dynamic": "lookup = embedding; the table is passed to the delegate's linear as a runtime input "
+               "(XNNPACK repacks it every call): stored once",
+    "portable": "lookup = embedding; scoring linear left to the ExecuTorch CPU kernel: stored once",
+    "int8": "int8 scoring in the delegate + lookup (embedding) from a per-item int8 copy: 2 bytes/entry",
 }
-DEFAULT_DESIGN = "dynamic"
-VERIFY_TOLERANCE = {"fp32": 1e-4, "int8": 1e-3}   # |score diff| .pte vs eager (int8: vs quantised eager)
+DEFAULT_DESIGN = "onehot"
+# .pte vs eager: fp32 absolute score difference; int8 (vs the quantised eager graph) relative difference
+# and mean top-10 overlap (see verification_passed)
+VERIFY_TOLERANCE = {"fp32": 1e-4, "int8_rel": 2e-2, "int8_overlap": 0.95}
 VERIFY_SEQUENCES = 32
 VERIFY_MAX_LEN = 50
 
@@ -51,7 +59,7 @@ def _partitioner(design: str):
     from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-    if design == "static":
+    if design not in ("dynamic", "portable"):
         return XnnpackPartitioner()
 
     class TableLinearConfig(LinearConfig):
@@ -110,13 +118,26 @@ def quantize_step(step: StepModel, example_args: tuple):
     return convert_pt2e(prepared)
 
 
-def build_program(step: StepModel, precision: str = "fp32", design: str = DEFAULT_DESIGN):
-    """(pte bytes, eager reference module with the same forward) for a step model."""
+def lookup_for(precision: str, design: str) -> str:
+    if precision == "int8":
+        return "int8"
+    return "onehot" if design == "onehot" else "embedding"
+
+
+def make_step(model, size: int, k_max: int = 100, precision: str = "fp32", design: str = DEFAULT_DESIGN,
+              table: torch.Tensor | None = None) -> StepModel:
     if precision not in PRECISIONS:
         raise FmrlError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if design not in TABLE_DESIGNS:
+        raise FmrlError(f"unknown table design {design!r} (known: {', '.join(TABLE_DESIGNS)})")
+    return StepModel(model, size, k_max=k_max, table=table, lookup=lookup_for(precision, design))
+
+
+def build_program(step: StepModel, precision: str = "fp32", design: str = DEFAULT_DESIGN):
+    """(pte bytes, eager reference with the same forward): for int8 the quantised eager graph."""
     args = (torch.tensor([1]), step.initial_state())
     reference = step if precision == "fp32" else quantize_step(step, args)
-    return lower(reference, args, design), reference
+    return lower(reference, args, "int8" if precision == "int8" else design), reference
 
 
 def build_floor_program(table: torch.Tensor, precision: str = "fp32") -> bytes:
@@ -142,11 +163,22 @@ def build_floor_program(table: torch.Tensor, precision: str = "fp32") -> bytes:
 # Running and verifying
 
 
-def load_method(pte: bytes | str | Path):
-    from executorch.runtime import Runtime
+class LoadedMethod:
+    """The `forward` method of a loaded program. Holds the program: a Method whose Program has been
+    garbage-collected points at freed memory (a segmentation fault, not an exception)."""
 
-    program = Runtime.get().load_program(pte if isinstance(pte, bytes) else Path(pte))
-    return program.load_method("forward")
+    def __init__(self, pte: bytes | str | Path):
+        from executorch.runtime import Runtime
+
+        self.program = Runtime.get().load_program(pte if isinstance(pte, bytes) else Path(pte))
+        self.method = self.program.load_method("forward")
+
+    def execute(self, inputs):
+        return self.method.execute(inputs)
+
+
+def load_method(pte: bytes | str | Path) -> LoadedMethod:
+    return LoadedMethod(pte)
 
 
 def sample_sequences(dataset, count: int = VERIFY_SEQUENCES, max_len: int = VERIFY_MAX_LEN,
@@ -158,26 +190,38 @@ def sample_sequences(dataset, count: int = VERIFY_SEQUENCES, max_len: int = VERI
 
 
 @torch.no_grad()
-def verify_program(method, reference, sequences, k_max: int, tolerance: float, num_state: tuple) -> dict:
+def verify_program(method, reference, sequences, num_state: tuple) -> dict:
     """Stream every sequence through the .pte and the eager reference; compare scores and ids per event."""
-    max_diff, topk_equal, events, state_diff = 0.0, True, 0, 0.0
+    max_diff = max_rel = state_diff = 0.0
+    topk_equal, events, overlap = True, 0, 0.0
     for seq in sequences:
         state_pte = state_ref = torch.zeros(*num_state)
         for item in seq:
             item_t = torch.tensor([int(item)])
             values, indices, state_pte, hidden = method.execute([item_t, state_pte])
             ref_values, ref_indices, state_ref, ref_hidden = reference(item_t, state_ref)
-            diff = (values - ref_values).abs().max().item()
-            max_diff = max(max_diff, diff, (hidden - ref_hidden).abs().max().item())
+            diff = max((values - ref_values).abs().max().item(), (hidden - ref_hidden).abs().max().item())
+            max_diff = max(max_diff, diff)
+            max_rel = max(max_rel, diff / max(ref_values.abs().max().item(), 1e-12))
             state_diff = max(state_diff, (state_pte - state_ref).abs().max().item())
             if not torch.equal(indices, ref_indices):
-                # equal scores may be ordered differently; anything else is a real difference
-                same_set = set(indices.tolist()) == set(ref_indices.tolist())
-                if not (same_set and diff <= tolerance):
+                # scores equal to within float noise may come out in another order; ids must not differ
+                same = set(indices.tolist()) == set(ref_indices.tolist())
+                if not (same and diff <= VERIFY_TOLERANCE["fp32"]):
                     topk_equal = False
+            overlap += len(set(indices[:10].tolist()) & set(ref_indices[:10].tolist())) / min(10, len(indices))
             events += 1
-    return {"sequences": len(sequences), "events": events, "max_abs_diff": max_diff,
-            "max_state_diff": state_diff, "topk_equal": topk_equal, "tolerance": tolerance}
+    return {"sequences": len(sequences), "events": events, "max_abs_diff": max_diff, "max_rel_diff": max_rel,
+            "max_state_diff": state_diff, "topk_equal": topk_equal, "top10_overlap": overlap / max(1, events)}
+
+
+def verification_passed(precision: str, v: dict) -> bool:
+    """fp32: same top-k ids as eager, |diff| <= 1e-4. int8 (against the quantised eager graph, whose
+    reference q/dq arithmetic rounds activations slightly differently from XNNPACK's integer kernels):
+    |diff| <= 2% of the largest score and mean top-10 overlap >= 0.95."""
+    if precision == "fp32":
+        return v["topk_equal"] and v["max_abs_diff"] <= VERIFY_TOLERANCE["fp32"]
+    return v["max_rel_diff"] <= VERIFY_TOLERANCE["int8_rel"] and v["top10_overlap"] >= VERIFY_TOLERANCE["int8_overlap"]
 
 
 @torch.no_grad()
@@ -257,8 +301,8 @@ def _metrics_at(run, size: int) -> dict:
 
 def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize: str | None = None,
                   k_max: int = 100, design: str = DEFAULT_DESIGN, overwrite: bool = True,
-                  verify_sequences: int = VERIFY_SEQUENCES, quality_users: int = 200,
-                  log=None) -> ExportResult:
+                  verify_sequences: int = VERIFY_SEQUENCES, quality_users: int = 500,
+                  log=None, run=None, dataset=None) -> ExportResult:
     """Export granularity `size` of the run in `run_dir` to the bundle folder `out_dir`.
 
     The .pte is run on real sequences before anything is written; a mismatch with eager raises
@@ -270,28 +314,31 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
         raise FmrlError(f"--quantize {quantize!r}: expected int8 (or leave it out for fp32)")
     if k_max < 1:
         raise FmrlError(f"--k-max {k_max}: must be at least 1")
-    run, dataset = load_run_and_data(run_dir)
+    if run is None or dataset is None:
+        run, dataset = load_run_and_data(run_dir)
     check_size(run, size)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    step = StepModel(run.model, size, k_max=k_max)
+    step = make_step(run.model, size, k_max, precision, design)
     num_state = (2 * step.num_blocks, size)
     started = time.perf_counter()
     log(f"exporting size {size} ({precision}, {dataset.num_items} items, k_max {step.k_max})")
     pte, reference = build_program(step, precision, design)
     method = load_method(pte)
     sequences = sample_sequences(dataset, verify_sequences)
-    verification = verify_program(method, reference, sequences, step.k_max, VERIFY_TOLERANCE[precision], num_state)
-    if not (verification["topk_equal"] and verification["max_abs_diff"] <= VERIFY_TOLERANCE[precision]):
+    verification = verify_program(method, reference, sequences, num_state)
+    if not verification_passed(precision, verification):
         raise FmrlError(f"size {size} {precision}: the .pte disagrees with eager on real sequences "
-                        f"(max |diff| {verification['max_abs_diff']:.2e}, top-k equal {verification['topk_equal']}); "
-                        "no bundle written")
+                        f"(max |diff| {verification['max_abs_diff']:.2e}, top-k equal {verification['topk_equal']}, "
+                        f"top-10 overlap {verification['top10_overlap']:.3f}); no bundle written")
     report = {"seconds_export": round(time.perf_counter() - started, 2), "verification": verification}
     if precision == "int8":
-        fp32_pte, _ = build_program(step, "fp32", design)
+        fp32_step = make_step(run.model, size, k_max, "fp32", design)
+        fp32_pte, _ = build_program(fp32_step, "fp32", design)
         fp32_method = load_method(fp32_pte)
-        users = list(np.random.default_rng(1).permutation(dataset.num_users)[:quality_users])
-        ndcg_fp32 = ndcg_at_10(fp32_method, dataset, num_state, VERIFY_MAX_LEN, users)
-        ndcg_int8 = ndcg_at_10(method, dataset, num_state, VERIFY_MAX_LEN, users)
+        users = sorted(np.random.default_rng(1).permutation(dataset.num_users)[:quality_users].tolist())
+        max_len = run.config.get("recipe", {}).get("data", {}).get("max_len", VERIFY_MAX_LEN)
+        ndcg_fp32 = ndcg_at_10(fp32_method, dataset, num_state, max_len, users)
+        ndcg_int8 = ndcg_at_10(method, dataset, num_state, max_len, users)
         report["int8"] = {
             "fp32_bytes": len(fp32_pte), "int8_bytes": len(pte),
             "size_change": round(len(pte) / len(fp32_pte) - 1, 4),
@@ -301,6 +348,7 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
 
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        tmp.chmod(0o755)
         (tmp / "model.pte").write_bytes(pte)
         atomic_write_json(tmp / "items.json", run.item_ids)
         atomic_write_json(tmp / "cold_start.json", step.cold_start())
@@ -309,6 +357,8 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
         manifest = manifest_for(run, profile, size, precision, step, verification,
                                 bundle_bytes, files, report)
         atomic_write_json(tmp / "manifest.json", manifest)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
     log(f"bundle written to {out_dir} ({bundle_bytes:,} bytes)")
     return ExportResult(out_dir, manifest, report)
 
@@ -332,8 +382,10 @@ def manifest_for(run, profile, size, precision, step, verification, bundle_bytes
         "state": {"dtype": "float32", "shape": state_shape, "layout": "rows 2b, 2b+1 = real, imag of block b"},
         "method": "forward",
         "run": str(run.path),
-        "metrics": {split: vals for split, vals in _metrics_at(run, size).items()},
-        "verification": {k: verification[k] for k in ("sequences", "max_abs_diff", "topk_equal")},
+        "metrics": {split: vals for split, vals in _metrics_at(run, size).items() if vals},
+        "verification": {**{k: verification[k] for k in ("sequences", "max_abs_diff", "topk_equal")},
+                         "against": "eager" if precision == "fp32" else "quantised eager graph",
+                         "top10_overlap": round(verification["top10_overlap"], 4)},
         "sizes": {"bundle_bytes": bundle_bytes, "state_bytes": 4 * state_shape[0] * state_shape[1]},
         "files": files,
         **({"quantization": report["int8"]} if "int8" in report else {}),

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from ..model.model import FMRLRec
 
+STEP_VERSION = 2   # bump when the exported graph changes (invalidates deploy_cache.json measurements)
+
 
 def averaging_matrix(sizes: tuple[int, ...], size: int) -> torch.Tensor:
     """[s, s] block-diagonal matrix: (x @ M)[i] = mean of x over i's chunk (chunks of `sizes` up to s)."""
@@ -112,6 +114,25 @@ class StepBlock(nn.Module):
         return out, real, imag
 
 
+def block_topk(scores: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of scores [N] in two small passes: the k blocks (of `block` consecutive items) with
+    the highest maxima hold the top-k items (any item outside them is beaten by k block maxima), so
+    top-k over [N / block] maxima, then over those k blocks' k * block scores. Same result as
+    torch.topk up to the order of equal scores, and far cheaper than one top-k over N for k ~ 100.
+    scores: [N] or [1, N] (padding and reshaping the [1, N] product output keeps them in its delegate).
+    Returns (values [k] descending, indices [k] into scores)."""
+    n = scores.shape[-1]
+    blocks = -(-n // block)
+    if blocks <= k:  # too few blocks to gain anything
+        return torch.topk(scores.reshape(n), k)
+    padded = F.pad(scores, (0, blocks * block - n), value=float("-inf")).reshape(blocks, block)
+    _, best_blocks = torch.topk(torch.amax(padded, dim=1), k)
+    candidates = torch.index_select(padded, 0, best_blocks).reshape(k * block)
+    values, position = torch.topk(candidates, k)
+    block_of = torch.index_select(best_blocks, 0, torch.div(position, block, rounding_mode="floor"))
+    return values, block_of * block + torch.remainder(position, block)
+
+
 class ItemScorer(nn.Module):
     """scores = hidden @ table^T over the N real items (row 0, the padding item, is not stored)."""
 
@@ -123,11 +144,23 @@ class ItemScorer(nn.Module):
         return F.linear(hidden, self.table)
 
 
+LOOKUPS = ("embedding", "onehot", "int8")
+
+
 class StepModel(nn.Module):
     """Size-s recurrent step. forward(item [1] int64 in 1..N, state [2 * blocks, s]) ->
-    (top-k scores [k], top-k indices [k] in 1..N, new state [2 * blocks, s], hidden [s])."""
+    (top-k scores [k], top-k indices [k] in 1..N, new state [2 * blocks, s], hidden [s]).
 
-    def __init__(self, model: FMRLRec, size: int, k_max: int = 100, table: torch.Tensor | None = None):
+    lookup: how the item's vector is read from the table (see export.TABLE_DESIGNS):
+      "embedding" - a gather (runs as a portable kernel outside the XNNPACK delegate);
+      "onehot"    - one-hot(item) @ table, a product that runs inside the delegate on the very table
+                    the scoring linear uses, so the program stores the table once;
+      "int8"      - a gather from a per-item int8 copy of the table (int8 bundles).
+    topk_block: exact two-pass top-k over blocks of this many items (0: one torch.topk over N).
+    """
+
+    def __init__(self, model: FMRLRec, size: int, k_max: int = 100, table: torch.Tensor | None = None,
+                 lookup: str = "embedding", topk_block: int = 8):
         super().__init__()
         cfg = model.cfg
         if size not in cfg.sizes:
@@ -139,6 +172,17 @@ class StepModel(nn.Module):
             self.cold_hidden = model.empty_history_hidden(full)[:size].detach().clone()
         self.size, self.num_items, self.num_blocks = size, cfg.num_items, cfg.num_blocks
         self.k_max = min(k_max, cfg.num_items)
+        if lookup not in LOOKUPS:
+            raise ValueError(f"lookup must be one of {LOOKUPS}, got {lookup!r}")
+        self.lookup_mode = lookup
+        if lookup == "int8":
+            # per-item symmetric int8 copy of the table for the lookup (scoring quantises its own)
+            table = self.scorer.table
+            scale = (table.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+            self.lookup_q = nn.Parameter(torch.round(table / scale[:, None]).clamp(-127, 127).to(torch.int8),
+                                         requires_grad=False)
+            self.lookup_scale = nn.Parameter(scale[:, None].contiguous(), requires_grad=False)
+        self.topk_block = topk_block
         self.requires_grad_(False)
         self.eval()
 
@@ -147,6 +191,13 @@ class StepModel(nn.Module):
 
     def lookup(self, item: torch.Tensor) -> torch.Tensor:
         """[1] internal index (1..N) -> [1, s] item vector, read from the scoring table."""
+        if self.lookup_mode == "int8":
+            index = item - 1
+            return F.embedding(index, self.lookup_q).to(torch.float32) * F.embedding(index, self.lookup_scale)
+        if self.lookup_mode == "onehot":  # a product with the table: runs inside the XNNPACK delegate
+            offset = torch.arange(self.num_items, dtype=torch.float32) - (item - 1).to(torch.float32)
+            onehot = torch.clamp(1.0 - torch.abs(offset), min=0.0)   # exactly 1 at item - 1, else 0
+            return torch.mm(onehot[None], self.scorer.table)
         return F.embedding(item - 1, self.scorer.table)
 
     def hidden_step(self, x: torch.Tensor, state: torch.Tensor):
@@ -158,8 +209,11 @@ class StepModel(nn.Module):
 
     def forward(self, item: torch.Tensor, state: torch.Tensor):
         hidden, new_state = self.hidden_step(self.lookup(item), state)
-        scores = self.scorer(hidden)[0]
-        values, indices = torch.topk(scores, self.k_max)
+        scores = self.scorer(hidden)   # [1, N]
+        if self.topk_block:
+            values, indices = block_topk(scores, self.k_max, self.topk_block)
+        else:
+            values, indices = torch.topk(scores[0], self.k_max)
         return values, indices + 1, new_state, hidden[0]
 
     def all_scores(self, item: torch.Tensor, state: torch.Tensor):

@@ -22,6 +22,18 @@ import numpy as np
 from ..errors import FmrlError
 
 
+def set_threads(threads: int) -> None:
+    """Size ExecuTorch's process-wide CPU threadpool (used by XNNPACK). Affects every program in the process."""
+    import torch  # noqa: F401
+
+    from executorch.extension.pybindings import _C
+
+    if threads < 1:
+        raise FmrlError(f"threads must be >= 1, got {threads}")
+    if _C._threadpool_get_thread_count() != threads:
+        _C._unsafe_reset_threadpool(int(threads))
+
+
 def _load_method(program: bytes, method: str):
     """(callable(inputs) -> outputs, keep-alive object) for `method` of the program bytes."""
     import torch  # noqa: F401  (loads libtorch, which the pybindings link against)
@@ -57,32 +69,48 @@ class PteEngine:
     the call (inputs in, outputs copied out). Sessions of different threads may share the engine.
     """
 
-    def __init__(self, program: bytes, method: str, state_shape: tuple[int, int], k_max: int):
+    def __init__(self, program: bytes, method: str, state_shape: tuple[int, int], k_max: int,
+                 threads: int | None = None):
         import torch
 
         self._torch = torch
+        if threads is not None:
+            set_threads(threads)
+        self._program = program  # the loaded program may point into these bytes: keep them alive
         self._method, self._keep = _load_method(program, method)
         self._lock = threading.Lock()
         self._item = torch.zeros(1, dtype=torch.int64)
         self._item_view = self._item.numpy()
         self.state_shape, self.k_max = tuple(state_shape), int(k_max)
+        self._cast_indices = False
         # one call to check the program's signature against the manifest
         out = self.step(1, np.zeros(self.state_shape, dtype=np.float32))
+        if out[1].dtype != np.int64:
+            # the contract says int64; some lowered programs (seen: int8 exports) return the top-k
+            # indices as float32. Exact below 2^24 items, so accept them and cast.
+            if not np.issubdtype(out[1].dtype, np.number) or k_max and out[1].max() >= 2 ** 24:
+                raise FmrlError(f"the program returns indices as {out[1].dtype}, expected int64")
+            self._cast_indices = True
         if out[0].shape != (self.k_max,) or out[2].shape != self.state_shape or out[3].shape != (state_shape[1],):
             raise FmrlError(f"the program's outputs {[tuple(o.shape) for o in out]} do not match the manifest "
                             f"(k_max {k_max}, state {list(state_shape)})")
 
     def step(self, item: int, state: np.ndarray):
         state_t = self._torch.from_numpy(state)
+        if self._method is None:
+            raise FmrlError("the Recommender was closed")
         with self._lock:
             self._item_view[0] = item
             scores, indices, new_state, hidden = self._method((self._item, state_t))
         # ExecuTorch copies outputs out on every call: these arrays are ours to keep
-        return scores.numpy(), indices.numpy(), new_state.numpy(), hidden.numpy()
+        indices = indices.numpy()
+        if self._cast_indices:
+            indices = indices.astype(np.int64)
+        return scores.numpy(), indices, new_state.numpy(), hidden.numpy()
 
     def raw_call(self, item, state):
         """The bare ExecuTorch call on prepared tensors (for benchmarks): no conversion, no lock."""
         return self._method((item, state))
 
     def close(self) -> None:
-        self._method = self._keep = None
+        self._method = self._keep = self._program = None

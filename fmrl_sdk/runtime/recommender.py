@@ -78,19 +78,22 @@ class Recommender:
     @classmethod
     def open(cls, path: str | Path, *, on_unknown: str = "skip", exclude_seen: bool = False,
              bloom_bits: int = seen.DEFAULT_BITS, bloom_hashes: int = seen.DEFAULT_HASHES,
-             engine=None, check_executorch_version: bool = True) -> "Recommender":
+             engine=None, check_executorch_version: bool = True, threads: int | None = None) -> "Recommender":
         """Verify the bundle at `path` (format version, sha256 of every file) and load its program.
 
         on_unknown: what `Session.observe` does with an item id the bundle does not know:
         'skip' (count it in `session.unknown`) or 'raise' (FmrlError).
         exclude_seen: default of `Session.recommend(exclude_seen=None)`.
         engine: any object with the engine step signature (fmrl_sdk.runtime.engine) instead of the .pte.
+        threads: size of ExecuTorch's CPU threadpool (process-wide; None keeps its default, one thread
+        per core). One event is small: 1 thread is as fast at the median and has far shorter tails
+        on a busy CPU (docs/runtime.md).
         """
         bundle = load_bundle(path, check_executorch_version=check_executorch_version)
         if engine is None:
             from .engine import PteEngine
 
-            engine = PteEngine(bundle.program, bundle.method, bundle.state_shape, bundle.k_max)
+            engine = PteEngine(bundle.program, bundle.method, bundle.state_shape, bundle.k_max, threads=threads)
         return cls(bundle, engine, on_unknown=on_unknown, exclude_seen=exclude_seen,
                    bloom_bits=bloom_bits, bloom_hashes=bloom_hashes)
 
@@ -226,15 +229,22 @@ class Recommender:
         return len(new_ids)
 
     def add_items_from_file(self, path: str | Path) -> int:
-        """Add the items of a safetensors file from `fmrl-sdk item-vectors`: tensor `vectors` [M, d] and
-        the ids as a JSON list in the metadata (key `ids`, or `item_ids`)."""
+        """Add the items of an `fmrl-sdk item-vectors` file: .safetensors (tensor `vectors` [M, S], the ids
+        as a JSON list under the metadata key `ids`) or .json ({"ids": [...], "vectors": [[...]]}).
+        S must be at least the bundle's granularity (the vectors' first s dims are used)."""
         import json
-
-        from safetensors import safe_open
 
         path = Path(path)
         if not path.is_file():
             raise FmrlError(f"{path}: file not found")
+        if path.suffix.lower() == ".json":
+            try:
+                obj = json.loads(path.read_text())
+                return self.add_items(obj["ids"], obj["vectors"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise FmrlError(f"{path}: expected {{\"ids\": [...], \"vectors\": [[...]]}} ({e})") from None
+        from safetensors import safe_open
+
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}

@@ -13,14 +13,14 @@ from ..errors import FmrlError
 
 def simulate(stream, bundle=None, k: int = 10, report=None, out=None, state_dir=None, resume: bool = False,
              strict: bool = False, snapshot_every: int = 10000, exclude_seen: bool = False,
-             console=None, rec=None) -> dict:
+             console=None, rec=None, threads: int | None = None) -> dict:
     """Run a simulation (the CLI's body, usable from Python). Returns the report dict."""
     from ..fileio import atomic_write_json
     from ..runtime import Recommender, newest_bundle
     from .replay import Options, Replay
 
     if rec is None:
-        rec = Recommender.open(bundle if bundle is not None else newest_bundle("bundles"))
+        rec = Recommender.open(bundle if bundle is not None else newest_bundle("bundles"), threads=threads)
     replay = Replay(rec, stream, Options(k=k, exclude_seen=exclude_seen, strict=strict,
                                          snapshot_every=snapshot_every), out=out, state_dir=state_dir)
     if console is None:
@@ -77,6 +77,7 @@ def register(app: typer.Typer) -> None:
         snapshot_every: int = typer.Option(10000, help="Events between snapshots (with --state-dir)."),
         exclude_seen: bool = typer.Option(False, "--exclude-seen",
                                           help="Drop (probably) seen items from recommendations."),
+        threads: Optional[int] = typer.Option(None, help="ExecuTorch CPU threads (default: one per core)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
     ):
         """Replay an event stream through a bundle, one session per user: online metrics, latency, memory."""
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
 
         console = Console(stderr=False)
         result = simulate(stream, bundle, k, report, out, state_dir, resume, strict, snapshot_every,
-                          exclude_seen, console=None if quiet else console)
+                          exclude_seen, console=None if quiet else console, threads=threads)
         if not quiet:
             console.print(summary_table(result))
             if report:

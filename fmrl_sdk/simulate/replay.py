@@ -186,6 +186,8 @@ class Replay:
         """Replay the stream (from the snapshot if `resume`); returns the report."""
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.state_dir.glob(f".{SNAPSHOT}.*.tmp"):  # a write cut short by a kill
+                stale.unlink(missing_ok=True)
             has_snapshot = (self.state_dir / SNAPSHOT).exists()
             if has_snapshot and not resume:
                 raise FmrlError(f"{self.state_dir}: holds a snapshot; pass --resume to continue it, "
@@ -235,7 +237,7 @@ class Replay:
                     prefix.update(raw)
                 try:
                     try:
-                        obj = loads(raw)
+                        obj = loads(raw.decode())
                     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
                         if not raw.strip():
                             continue

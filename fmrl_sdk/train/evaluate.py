@@ -49,20 +49,21 @@ def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, bat
     histories, targets = dataset.history_and_target(split)
     inputs = left_pad(histories, max_len)
     table = model.item_table()
-    items = table[1:]
+    items, device = table[1:], table.device
     sizes = model.cfg.sizes
     sums = {size: {name: 0.0 for name in metric_names(ks)} for size in sizes}
     task = progress.add_task(f"eval {split}", total=len(targets), info="") if progress else None
     for start in range(0, len(targets), batch_size):
         (batch,) = trim_left_padding(inputs[start:start + batch_size])
-        target = torch.from_numpy(targets[start:start + batch_size]) - 1
-        hidden = model(torch.from_numpy(batch), table)[:, -1]  # [B, d]
+        target = torch.from_numpy(targets[start:start + batch_size]).to(device) - 1
+        hidden = model(torch.from_numpy(batch).to(device), table)[:, -1]  # [B, d]
         excluded = None
         if mask_history:
             excluded = torch.zeros(len(target), items.shape[0], dtype=torch.bool)
             rows, cols = np.nonzero(batch)
             excluded[rows, batch[rows, cols] - 1] = True
-            excluded[torch.arange(len(target)), target] = False
+            excluded = excluded.to(device)
+            excluded[torch.arange(len(target), device=device), target] = False
         scores, begin = 0, 0
         for size in sizes:  # running sum over chunks: each size costs only its new dims
             scores = scores + hidden[:, begin:size] @ items[:, begin:size].T

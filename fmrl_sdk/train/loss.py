@@ -5,9 +5,15 @@ the default) a hand-written backward that keeps one [T, N] score buffer and walk
 running sum instead of materialising K x T x N logits for autograd. `reference_cross_entropy` is the
 straightforward form (every position, one product per size). They are the same function of the
 weights: tests hold them equal, values and gradients.
+
+For large catalogues (`[train] loss`): `chunked_nested_cross_entropy` is the same loss computed over
+item blocks (no [T, N] buffer), `sampled_nested_cross_entropy` a log-Q corrected sampled softmax with
+shared negatives. `Objective` puts the model and the chosen loss in one module (what DDP wraps).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +93,7 @@ class FusedNestedCrossEntropy(torch.autograd.Function):
 
 def _logsumexp_rows(x: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
     """Row-wise log-sum-exp of x [T, N] using the preallocated `work` buffer (no [T, N] allocations)."""
-    peak = x.amax(1, keepdim=True)
+    peak = x.amax(1, keepdim=True).clamp_(min=torch.finfo(x.dtype).min)  # rows of -inf: lse -inf, not nan
     torch.sub(x, peak, out=work).exp_()
     return peak[:, 0] + work.sum(1).log()
 
@@ -118,3 +124,243 @@ def reference_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, table: 
         logits = hidden[..., :size] @ table[1:, :size].T  # [B, L, N]
         losses.append(F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1))
     return (torch.stack(losses) * size_weights(sizes, weights).to(hidden.device)).sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# Large catalogues: the same objective without a [T, N] score matrix (chunked, exact), or estimated
+# from shared sampled negatives (sampled, log-Q corrected).
+
+
+def _size_bounds(sizes) -> list[tuple[int, int]]:
+    return list(zip((0,) + tuple(sizes[:-1]), tuple(sizes)))
+
+
+def _per_dim(values: torch.Tensor, sizes) -> torch.Tensor:
+    """[K, ...] values -> [d, ...]: dim j gets the value of the size chunk it belongs to."""
+    widths = torch.tensor([end - start for start, end in _size_bounds(sizes)], device=values.device)
+    return values.repeat_interleave(widths, dim=0)
+
+
+def _target_scores(hidden: torch.Tensor, positives: torch.Tensor, sizes) -> torch.Tensor:
+    """[K, T]: hidden[t, :m_k] . positives[t, :m_k] for every size (prefix sums over size chunks)."""
+    products = hidden * positives
+    return torch.stack([products[:, start:end].sum(1) for start, end in _size_bounds(sizes)]).cumsum(0)
+
+
+class ChunkedNestedCrossEntropy(torch.autograd.Function):
+    """The fused loss over item blocks of `chunk` rows: memory O(T x chunk) instead of O(T x N).
+
+    Forward: for each item block, scores of every size by a running sum over size chunks; the
+    log-sum-exp of each size is combined across blocks online (logaddexp). Target scores are direct
+    dot products. Nothing of size T x N is kept: backward recomputes each block's scores and applies
+    the fused walk (sizes K..1, G = sum_{k' >= k} c_k' softmax_k') block by block; the one-hot part
+    of the gradient (-c on the target) needs no scores and is added once at the end.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, items, labels, sizes, weights, chunk):
+        t, n, bounds = hidden.shape[0], items.shape[0], _size_bounds(sizes)
+        lse = hidden.new_full((len(bounds), t), float("-inf"))
+        scores, work = _buffers(hidden, t * min(chunk, n), 2)
+        for first in range(0, n, chunk):
+            block = items[first:first + chunk]
+            s, w = scores[:t * len(block)].view(t, -1), work[:t * len(block)].view(t, -1)
+            s.zero_()
+            for k, (start, end) in enumerate(bounds):
+                s.addmm_(hidden[:, start:end], block[:, start:end].T)
+                torch.logaddexp(lse[k], _logsumexp_rows(s, w), out=lse[k])
+        target = _target_scores(hidden, items[labels], sizes)
+        ctx.save_for_backward(hidden, items, labels, weights, lse)
+        ctx.sizes, ctx.chunk = sizes, chunk
+        return ((lse - target).mean(1) * weights).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, items, labels, weights, lse = ctx.saved_tensors
+        sizes, chunk, bounds = ctx.sizes, ctx.chunk, _size_bounds(ctx.sizes)
+        t, n = hidden.shape[0], items.shape[0]
+        coef_t = grad * weights / t                     # dL/dS_k = c_k (softmax_k - onehot)
+        coef = coef_t.tolist()
+        d_hidden, d_items = torch.zeros_like(hidden), torch.empty_like(items)
+        buffers = _buffers(hidden, t * min(chunk, n), 3)
+        for first in range(0, n, chunk):
+            block = items[first:first + chunk]
+            c = block.shape[0]
+            s, p, acc = (b[:t * c].view(t, c) for b in buffers)
+            torch.mm(hidden, block.T, out=s)            # S_K; S_{k-1} = S_k - H_k E_k^T
+            acc.zero_()
+            for k in reversed(range(len(bounds))):
+                start, end = bounds[k]
+                torch.sub(s, lse[k][:, None], out=p).exp_()
+                acc.add_(p, alpha=coef[k])
+                d_hidden[:, start:end].addmm_(acc, block[:, start:end])
+                d_items[first:first + c, start:end] = acc.T @ hidden[:, start:end]
+                if k:
+                    s.addmm_(hidden[:, start:end], block[:, start:end].T, alpha=-1)
+        onehot = _per_dim(coef_t.flip(0).cumsum(0).flip(0), sizes)  # sum_{k' >= k} c_k' per dim
+        d_hidden.sub_(items[labels] * onehot)
+        d_items.index_add_(0, labels, hidden * onehot, alpha=-1)
+        return d_hidden, d_items, None, None, None, None
+
+
+def _buffers(like: torch.Tensor, numel: int, count: int) -> list[torch.Tensor]:
+    """Flat scratch buffers; views of their heads are contiguous [T, c] blocks for any c."""
+    return [like.new_empty(numel) for _ in range(count)]
+
+
+def chunked_nested_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, sizes,
+                                 weights=None, item_chunk: int = 8192) -> torch.Tensor:
+    """`nested_cross_entropy` (same value and gradients) with scores computed item_chunk items at a time."""
+    has_target = targets > 0
+    w = size_weights(sizes, weights).to(hidden)
+    return ChunkedNestedCrossEntropy.apply(hidden[has_target], table[1:], targets[has_target] - 1,
+                                           tuple(sizes), w, int(item_chunk))
+
+
+class SampledNestedCrossEntropy(torch.autograd.Function):
+    """The fused walk of FusedNestedCrossEntropy over [target, shared negatives] logits.
+
+    The score buffer starts at the per-negative bias (-log(M Q(n)), -inf on accidental hits) and takes
+    the chunk products on top, so the bias rides along the running sum over sizes (and -inf stays -inf
+    through the subtraction in backward). The target column is handled apart: p_k = prefix dot products.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, positives, negatives, bias, sizes, weights):
+        bounds = _size_bounds(sizes)
+        scores, work = bias.clone(), torch.empty_like(bias)
+        target = _target_scores(hidden, positives, sizes)  # [K, T]
+        lse = []
+        for k, (start, end) in enumerate(bounds):
+            scores.addmm_(hidden[:, start:end], negatives[:, start:end].T)
+            lse.append(torch.logaddexp(target[k], _logsumexp_rows(scores, work)))
+        lse = torch.stack(lse)
+        ctx.save_for_backward(hidden, positives, negatives, weights, lse, target)
+        ctx.scores, ctx.work, ctx.sizes = scores, work, sizes
+        return ((lse - target).mean(1) * weights).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, positives, negatives, weights, lse, target = ctx.saved_tensors
+        scores, probs, sizes = ctx.scores, ctx.work, ctx.sizes
+        del ctx.scores, ctx.work
+        bounds = _size_bounds(sizes)
+        coef_t = grad * weights / hidden.shape[0]
+        coef = coef_t.tolist()
+        g = torch.zeros_like(scores)
+        d_hidden, d_negatives = torch.empty_like(hidden), torch.empty_like(negatives)
+        for k in reversed(range(len(bounds))):
+            start, end = bounds[k]
+            torch.sub(scores, lse[k][:, None], out=probs).exp_()
+            g.add_(probs, alpha=coef[k])
+            d_hidden[:, start:end] = g @ negatives[:, start:end]
+            d_negatives[:, start:end] = g.T @ hidden[:, start:end]
+            if k:
+                scores.addmm_(hidden[:, start:end], negatives[:, start:end].T, alpha=-1)
+        # target column: dL/dp_k = c_k (softmax_k(target) - 1); p_k reads dims [0, m_k)
+        a = coef_t[:, None] * ((target - lse).exp() - 1)                      # [K, T]
+        per_dim = _per_dim(a.flip(0).cumsum(0).flip(0), sizes).T  # [T, d]: sum_{k' >= k} a_k' per dim
+        d_hidden += per_dim * positives
+        return d_hidden, per_dim * hidden, d_negatives, None, None, None
+
+
+def sampled_nested_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, positives: torch.Tensor,
+                                 negative_ids: torch.Tensor, negatives: torch.Tensor,
+                                 negative_log_q: torch.Tensor, sizes, weights=None) -> torch.Tensor:
+    """Sampled softmax at every granularity with shared negatives and log-Q correction.
+
+    hidden [T, d], labels [T] target item ids, positives [T, d] their vectors; negative_ids [M] drawn
+    with replacement from a proposal Q, negatives [M, d] their vectors, negative_log_q [M] = log(M Q(n)).
+    Per size: logits [s_y, s_n1 - log(M Q(n1)), ...] with negatives equal to y removed ("accidental
+    hits"), cross-entropy with the target in column 0. sum_i exp(s_ni) / (M Q(ni)) is an unbiased
+    estimate of sum_{j != y} exp(s_j), so the loss tends to the full softmax as M grows; with every item
+    drawn once under a uniform Q (log(M Q) = 0) it equals the full loss exactly.
+    """
+    bias = (-negative_log_q.to(hidden.dtype)).expand(len(labels), -1).clone()  # [T, M]
+    bias.masked_fill_(labels[:, None] == negative_ids[None, :], float("-inf"))
+    w = size_weights(sizes, weights).to(hidden)
+    return SampledNestedCrossEntropy.apply(hidden, positives, negatives, bias, tuple(sizes), w)
+
+
+class NegativeSampler(torch.nn.Module):
+    """Proposal Q over items 1..N: 'uniform', or 'popularity' (Q proportional to training count + 1).
+
+    Draws with replacement from the global torch generator (so a resumed run draws the same ones).
+    """
+
+    def __init__(self, num_items: int, kind: str = "uniform", counts: torch.Tensor | None = None):
+        super().__init__()
+        if kind not in ("uniform", "popularity"):
+            raise ValueError(f"unknown negative sampler {kind!r}")
+        self.kind, self.num_items = kind, num_items
+        if kind == "popularity":
+            mass = counts.double() + 1.0
+            q = mass / mass.sum()
+            self.register_buffer("log_q", q.log().float(), persistent=False)  # [N], item i at i - 1
+            self.register_buffer("cdf", q.cumsum(0), persistent=False)
+
+    def forward(self, m: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [m] in 1..N, log(m Q(id)) [m])."""
+        if self.kind == "uniform":
+            ids = torch.randint(1, self.num_items + 1, (m,), device=device)
+            return ids, torch.full((m,), math.log(m / self.num_items), device=device)
+        u = torch.rand(m, dtype=torch.float64, device=self.cdf.device) * self.cdf[-1]
+        index = torch.searchsorted(self.cdf, u).clamp_(max=self.num_items - 1)
+        return index + 1, self.log_q[index] + math.log(m)
+
+
+def item_rows(model, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` of model.item_table() without computing the others (content projection is per row)."""
+    out = 0
+    if model.cfg.item_embedding in ("content", "hybrid"):
+        out = model.content_vectors(model.features[rows])
+    if model.cfg.item_embedding in ("id", "hybrid"):
+        out = out + model.id_embedding.weight[rows]
+    return out
+
+
+LOSSES = ("full", "chunked", "sampled")
+
+
+class Objective(torch.nn.Module):
+    """The model and its training loss in one module: forward(inputs, targets) -> scalar loss.
+
+    This is what data-parallel training wraps (the item table is computed inside forward, so DDP sees
+    every parameter's gradient). loss: 'full' (nested_cross_entropy, `method`), 'chunked' (exact, item
+    blocks of `item_chunk`), 'sampled' (`num_negatives` shared negatives from `sampler`).
+    """
+
+    def __init__(self, model, sizes, weights=None, loss: str = "full", method: str = "fused",
+                 item_chunk: int = 8192, num_negatives: int = 1000, sampler: NegativeSampler | None = None):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}")
+        self.model, self.sizes, self.weights = model, tuple(sizes), weights
+        self.loss, self.method, self.item_chunk, self.num_negatives = loss, method, item_chunk, num_negatives
+        self.sampler = sampler if sampler is not None else NegativeSampler(model.cfg.num_items)
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, negatives=None) -> torch.Tensor:
+        if self.loss == "sampled":
+            return self.sampled(inputs, targets, negatives)
+        table = self.model.item_table()
+        hidden = self.model(inputs, table)
+        if self.loss == "chunked":
+            return chunked_nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.item_chunk)
+        return nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.method)
+
+    def sampled(self, inputs, targets, negatives=None):
+        """Only the rows the batch touches (inputs, targets, negatives) of the item table are computed.
+
+        negatives: optional (ids [M], log(M Q) [M]) instead of drawing from the sampler (tests).
+        """
+        inputs, targets = inputs.contiguous(), targets.contiguous()
+        neg_ids, neg_log_q = negatives if negatives is not None else self.sampler(self.num_negatives, inputs.device)
+        zero = torch.zeros(1, dtype=inputs.dtype, device=inputs.device)
+        rows = torch.unique(torch.cat([zero, inputs.flatten(), targets.flatten(), neg_ids]))  # sorted, 0 first
+        table = item_rows(self.model, rows)
+        hidden = self.model(torch.searchsorted(rows, inputs), table)
+        has_target = targets > 0
+        labels = targets[has_target]
+        return sampled_nested_cross_entropy(
+            hidden[has_target], labels, table[torch.searchsorted(rows, labels)], neg_ids,
+            table[torch.searchsorted(rows, neg_ids)], neg_log_q, self.sizes, self.weights)

@@ -49,8 +49,12 @@ class TrainSection:
     seed: int = 42
     size_weights: list[float] = field(default_factory=list)  # loss weight per size ([] = equal)
     loss_method: str = "fused"       # fused | running_sum | masked (same loss, different arithmetic)
+    loss: str = "full"               # full | chunked (exact, item blocks) | sampled (shared negatives, log-Q)
+    item_chunk: int = 8192           # chunked: items per score block (memory ~ 3 x targets x item_chunk floats)
+    num_negatives: int = 1000        # sampled: negatives drawn per batch, shared by every target
+    negative_sampler: str = "popularity"  # sampled: proposal Q, uniform | popularity (training count + 1)
     eval_batch_size: int = 256
-    threads: int = 0                 # torch threads (0 = all cores)
+    threads: int = 0                 # torch threads per process (0 = cores / processes on this node)
 
 
 @dataclass
@@ -93,13 +97,18 @@ class Recipe:
             raise FmrlError(f"{src}: [train] size_weights needs {len(sizes)} non-negative numbers, not all 0")
         if t.loss_method not in ("fused", "masked", "running_sum"):
             raise FmrlError(f"{src}: [train] loss_method must be 'fused', 'masked' or 'running_sum'")
+        if t.loss not in ("full", "chunked", "sampled"):
+            raise FmrlError(f"{src}: [train] loss must be 'full', 'chunked' or 'sampled', got {t.loss!r}")
+        if t.negative_sampler not in ("uniform", "popularity"):
+            raise FmrlError(f"{src}: [train] negative_sampler must be 'uniform' or 'popularity'")
         checks = [(d.max_len >= 1, "[data] max_len >= 1"), (d.min_count >= 1, "[data] min_count >= 1"),
                   (m.num_blocks >= 1, "[model] num_blocks >= 1"),
                   (0 <= m.dropout < 1 and 0 <= m.lru_dropout < 1, "[model] dropouts in [0, 1)"),
                   (0 <= m.r_min < m.r_max <= 1, "[model] 0 <= r_min < r_max <= 1"),
                   (t.epochs >= 1 and t.batch_size >= 1 and t.eval_batch_size >= 1, "[train] positive sizes"),
                   (t.lr > 0 and t.weight_decay >= 0 and t.grad_clip > 0, "[train] lr > 0, grad_clip > 0"),
-                  (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0, "[train] counts >= 0")]
+                  (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0, "[train] counts >= 0"),
+                  (t.item_chunk >= 1 and t.num_negatives >= 1, "[train] item_chunk >= 1, num_negatives >= 1")]
         for ok, what in checks:
             if not ok:
                 raise FmrlError(f"{src}: invalid value, need {what}")

@@ -6,6 +6,7 @@ runs/NAME/
   items.json         external item ids in internal order (internal index i + 1 = items[i])
   metrics.json       {"val": {"<size>": {"Recall@10": ..., ...}}, "test": {...}}
   history.jsonl      one line per epoch: loss, validation NDCG@10 per size, seconds
+  train_state.*      resumable training state (safetensors + JSON, see checkpoint.py)
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def load_item_features(features_dir: str | Path, item_ids: list[str]) -> torch.T
     return torch.cat([torch.zeros(1, matrix.shape[1]), matrix])
 
 
-def save_checkpoint(model: FMRLRec, run_dir: Path) -> None:
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+def save_checkpoint(model: FMRLRec, run_dir: Path, state: dict | None = None) -> None:
+    """Write `state` (default: the model's current weights) as the run's checkpoint, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
     tmp = run_dir / f".{CHECKPOINT}.tmp"
     save_file(state, str(tmp), metadata={"format": "fmrl-sdk", "sizes": json.dumps(list(model.cfg.sizes))})
     tmp.replace(run_dir / CHECKPOINT)

@@ -1,7 +1,10 @@
 """One training run of the nested model: every granularity learned at once, early-stopped on validation.
 
-The loop is deliberately plain (one process, one optimizer, one scheduler) so that data-parallel
-training and resume can wrap it without a rewrite.
+The loop is deliberately plain: one optimizer, one scheduler, one `Objective` (model + loss) called on
+each batch. Data-parallel training only changes which rows of a batch this process takes and wraps the
+objective in DDP (see distributed.py; a single process is `Dist()`, where both are no-ops). At the end
+of every epoch the whole training state is saved (checkpoint.py), so `resume=True` continues a killed
+run from its last completed epoch with the same result.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from ..data.dataset import Dataset, load_dataset, training_arrays
 from ..errors import FmrlError
 from ..fileio import atomic_write_json
 from ..model.model import FMRLRec, ModelConfig
-from .evaluate import evaluate, trim_left_padding
-from .loss import nested_cross_entropy
-from .recipe import Recipe
+from . import checkpoint, distributed
+from .distributed import Dist, evaluate_on
+from .loss import NegativeSampler, Objective
+from .recipe import Recipe, TrainSection
 from .run import append_history, load_item_features, save_checkpoint, write_metrics
 
 
@@ -70,20 +74,148 @@ def make_progress(console: Console) -> Progress:
                     console=console, transient=False)
 
 
-def train(prep: Prepared, run_dir: Path, console: Console | None = None) -> dict:
-    """Train to early stopping, keep the best checkpoint, evaluate val and test. Returns metrics."""
-    console = console or Console()
-    recipe, dataset, t = prep.recipe, prep.dataset, prep.recipe.train
-    torch.set_num_threads(t.threads or os.cpu_count() or 1)
-    torch.manual_seed(t.seed)
-    rng = np.random.default_rng(t.seed)
-    model = FMRLRec(prep.model_config, prep.features)
-    inputs, targets = training_arrays(dataset, recipe.data.max_len)
-    steps_per_epoch = math.ceil(len(inputs) / t.batch_size)
+def make_objective(model: FMRLRec, t: TrainSection, targets: np.ndarray) -> Objective:
+    """The recipe's loss around the model; the popularity proposal counts the training targets."""
+    sampler = None
+    if t.loss == "sampled":
+        n = model.cfg.num_items
+        counts = torch.from_numpy(np.bincount(targets[targets > 0] - 1, minlength=n)) \
+            if t.negative_sampler == "popularity" else None
+        sampler = NegativeSampler(n, t.negative_sampler, counts)
+    return Objective(model, model.cfg.sizes, t.size_weights, t.loss, t.loss_method, t.item_chunk,
+                     t.num_negatives, sampler)
+
+
+def make_optimizer(model: FMRLRec, t: TrainSection, steps_per_epoch: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.epochs * steps_per_epoch))
+    return optimizer, scheduler
+
+
+def train_step(objective, optimizer, scheduler, x: torch.Tensor, y: torch.Tensor, scale: float,
+               grad_clip: float) -> float:
+    """One optimizer step on a batch; `scale` weights this process's loss in a data-parallel average."""
+    loss = objective(x, y) * scale
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: Dist | None = None,
+          resume: bool = False) -> dict:
+    """Train to early stopping, keep the best checkpoint, evaluate val and test. Returns metrics.
+
+    dist: this process's place in a data-parallel run (default: one CPU process); only rank 0 writes.
+    resume: continue the existing run_dir from its last completed epoch instead of creating run_dir.
+    """
+    dist = dist or Dist()
+    console = (console or Console()) if dist.main else Console(quiet=True)
+    recipe, dataset, t = prep.recipe, prep.dataset, prep.recipe.train
+    torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
+    torch.manual_seed(t.seed)
+    rng = np.random.default_rng(t.seed)
+    model = FMRLRec(prep.model_config, prep.features).to(dist.device)
+    if dist.world > 1:
+        torch.manual_seed(t.seed + dist.rank)  # same initial weights, own dropout masks and negatives
+    inputs, targets = training_arrays(dataset, recipe.data.max_len)
+    steps_per_epoch = distributed.steps_per_epoch(len(inputs), t.batch_size, dist)
+    objective = make_objective(model, t, targets).to(dist.device)
+    optimizer, scheduler = make_optimizer(model, t, steps_per_epoch)
     sizes, largest = prep.model_config.sizes, prep.model_config.sizes[-1]
 
+    s = {"epoch": 0, "best": -1.0, "best_epoch": 0, "waited": 0, "best_val": {}}  # what resume restores
+    best_weights = None
+    if dist.main and not resume:
+        _create_run_dir(run_dir, prep, model, dist)
+    lock = checkpoint.lock(run_dir) if dist.main else None
+    if resume and checkpoint.has_state(run_dir):
+        meta, tensors = checkpoint.load_state(run_dir)
+        if meta.get("finished"):
+            checkpoint.unlock(run_dir, lock)
+            raise FmrlError(f"{run_dir}: training already finished (epoch {meta['epoch']}); nothing to resume")
+        best_weights = checkpoint.restore(meta, tensors, model, optimizer, scheduler, rng, dist.rank,
+                                          dist.device, run_dir / checkpoint.TENSORS) or _copy(model)
+        s = {key: meta[key] for key in s}
+        if dist.main:
+            checkpoint.reconcile(run_dir, meta, model, best_weights)
+        console.print(f"[bold]resuming[/] {run_dir} after epoch {s['epoch']} (best {s['best']:.4f} @ {s['best_epoch']})")
+    console.print(f"[bold]training[/] {dataset.name}: {dataset.stats()} | sizes {list(sizes)} | "
+                  f"{model.num_params()['total']:,} parameters | loss {t.loss} | "
+                  f"{dist.world} x {dist.device.type} | run {run_dir}")
+
+    step_fn = distributed.wrap(objective, dist)
+    last_epoch = t.epochs if s["waited"] < t.patience else s["epoch"]
+    with make_progress(console) as progress:
+        epochs_task = progress.add_task("epochs", total=t.epochs, completed=s["epoch"], info="")
+        for epoch in range(s["epoch"] + 1, last_epoch + 1):
+            objective.train()
+            started = time.perf_counter()
+            order = rng.permutation(len(inputs))
+            batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
+            running = 0.0
+            for step in range(steps_per_epoch):
+                rows = order[step * t.batch_size:(step + 1) * t.batch_size]
+                x, y, scale = distributed.local_batch(inputs, targets, rows, dist)
+                running += train_step(step_fn, optimizer, scheduler, x, y, scale, t.grad_clip)
+                progress.update(batch_task, advance=1, info=f"loss {running / (step + 1):.4f}")
+            progress.remove_task(batch_task)
+            loss = distributed.sum_across([running / steps_per_epoch], dist)[0] / dist.world
+            train_seconds = time.perf_counter() - started
+            val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist, progress)
+            score = val[largest]["NDCG@10"]
+            improved = score > s["best"]
+            if improved:
+                s.update(best=score, best_epoch=epoch, waited=0, best_val=val)
+                best_weights = _copy(model)
+            else:
+                s["waited"] += 1
+            record = {"epoch": epoch, "loss": loss, "train_seconds": round(train_seconds, 2),
+                      "eval_seconds": round(time.perf_counter() - started - train_seconds, 2),
+                      "val_NDCG@10": {str(k): round(val[k]["NDCG@10"], 5) for k in sizes}, "best": improved}
+            if dist.world > 1:
+                record["replicas_in_sync"] = distributed.replicas_in_sync(model, dist)
+            torch_rng = distributed.gather(torch.get_rng_state(), dist)
+            cuda_rng = distributed.gather(torch.cuda.get_rng_state(dist.device), dist) if dist.cuda else []
+            if dist.main:  # the training state first: files derived from it are rewritten on resume
+                checkpoint.save_state(run_dir, model, optimizer, scheduler, rng,
+                                      {**s, "epoch": epoch, "seed": t.seed, "record": record},
+                                      None if improved else best_weights, torch_rng, cuda_rng)
+                if improved:
+                    save_checkpoint(model, run_dir)
+                    write_metrics(run_dir, "val", val)
+                append_history(run_dir, record)
+            if not record.get("replicas_in_sync", True):
+                raise RuntimeError(f"data-parallel replicas hold different weights after epoch {epoch}")
+            s["epoch"] = epoch
+            progress.update(epochs_task, advance=1,
+                            info=f"val N@10[{largest}] {score:.4f} (best {s['best']:.4f} @ {s['best_epoch']})")
+            if not console.is_terminal:  # logs get one line per epoch
+                console.print(f"epoch {epoch}: loss {loss:.4f}, val NDCG@10[{largest}] {score:.4f}, "
+                              f"{train_seconds:.0f} s train, best {s['best']:.4f} @ {s['best_epoch']}")
+            if s["waited"] >= t.patience:
+                console.print(f"early stop after epoch {epoch}: no improvement for {t.patience} epochs")
+                break
+
+    model.load_state_dict(best_weights)
+    val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist)
+    test = evaluate_on(model, dataset, "test", recipe.data.max_len, t.eval_batch_size, dist)
+    if dist.main:
+        write_metrics(run_dir, "val", val)
+        write_metrics(run_dir, "test", test)
+        checkpoint.mark_finished(run_dir)
+        checkpoint.unlock(run_dir, lock)
+    return {"val": val, "test": test, "best_epoch": s["best_epoch"]}
+
+
+def _copy(model: FMRLRec) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist) -> None:
+    recipe, dataset = prep.recipe, prep.dataset
     run_dir.mkdir(parents=True, exist_ok=False)
     atomic_write_json(run_dir / "items.json", dataset.item_ids)
     atomic_write_json(run_dir / "config.json", {
@@ -91,60 +223,4 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None) -> dict
         "recipe": recipe.to_dict(), "recipe_source": recipe.source, "model": prep.model_config.to_dict(),
         "data": {"path": dataset.source, "name": dataset.name, **dataset.stats()},
         "features": str(Path(recipe.data.features).resolve()) if prep.features is not None else None,
-        "params": model.num_params()})
-    console.print(f"[bold]training[/] {dataset.name}: {dataset.stats()} | sizes {list(sizes)} | "
-                  f"{model.num_params()['total']:,} parameters | run {run_dir}")
-
-    best, best_epoch, waited, val = -1.0, 0, 0, {}
-    with make_progress(console) as progress:
-        epochs_task = progress.add_task("epochs", total=t.epochs, info="")
-        for epoch in range(1, t.epochs + 1):
-            model.train()
-            started = time.perf_counter()
-            order = rng.permutation(len(inputs))
-            batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
-            running = 0.0
-            for step in range(steps_per_epoch):
-                rows = order[step * t.batch_size:(step + 1) * t.batch_size]
-                x, y = (torch.from_numpy(a) for a in trim_left_padding(inputs[rows], targets[rows]))
-                table = model.item_table()
-                loss = nested_cross_entropy(model(x, table), y, table, sizes, t.size_weights, t.loss_method)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                running += loss.item()
-                progress.update(batch_task, advance=1, info=f"loss {running / (step + 1):.4f}")
-            progress.remove_task(batch_task)
-            train_seconds = time.perf_counter() - started
-            val = evaluate(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, progress=progress)
-            score = val[largest]["NDCG@10"]
-            improved = score > best
-            if improved:
-                best, best_epoch, waited = score, epoch, 0
-                save_checkpoint(model, run_dir)
-                write_metrics(run_dir, "val", val)
-            else:
-                waited += 1
-            append_history(run_dir, {"epoch": epoch, "loss": running / steps_per_epoch,
-                                     "train_seconds": round(train_seconds, 2),
-                                     "eval_seconds": round(time.perf_counter() - started - train_seconds, 2),
-                                     "val_NDCG@10": {str(s): round(val[s]["NDCG@10"], 5) for s in sizes},
-                                     "best": improved})
-            progress.update(epochs_task, advance=1, info=f"val N@10[{largest}] {score:.4f} (best {best:.4f} @ {best_epoch})")
-            if not console.is_terminal:  # logs get one line per epoch
-                console.print(f"epoch {epoch}: loss {running / steps_per_epoch:.4f}, val NDCG@10[{largest}] "
-                              f"{score:.4f}, {train_seconds:.0f} s train, best {best:.4f} @ {best_epoch}")
-            if waited >= t.patience:
-                console.print(f"early stop after epoch {epoch}: no improvement for {t.patience} epochs")
-                break
-
-    from .run import load_run
-
-    best_model = load_run(run_dir).model
-    val = evaluate(best_model, dataset, "val", recipe.data.max_len, t.eval_batch_size)
-    test = evaluate(best_model, dataset, "test", recipe.data.max_len, t.eval_batch_size)
-    write_metrics(run_dir, "val", val)
-    write_metrics(run_dir, "test", test)
-    return {"val": val, "test": test, "best_epoch": best_epoch}
+        "params": model.num_params(), "launch": {"processes": dist.world, "device": dist.device.type}})

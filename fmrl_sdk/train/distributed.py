@@ -1,0 +1,199 @@
+"""Data-parallel training: one process per device, launched by torchrun (or `fmrl-sdk train --nproc N`).
+
+Everything here is a no-op for a single process (`Dist()`), so the trainer has one code path:
+- every rank draws the same epoch permutation (same seed) and takes a disjoint, contiguous share of
+  each global batch of `batch_size` rows (`local_batch`), so a recipe means the same optimisation
+  whatever the number of processes;
+- gradients are averaged by DistributedDataParallel around the `Objective` module (item table, model
+  and loss in one forward); each rank's loss is scaled by world * local targets / global targets so
+  that the average is the gradient of the global per-target mean, as in one process;
+- validation is split by users across ranks and the metric sums are all-reduced;
+- only rank 0 writes files; `replicas_in_sync` checks every epoch that all ranks hold the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..data.dataset import Dataset
+from ..errors import FmrlError
+from .evaluate import evaluate, metric_names, trim_left_padding
+
+
+@dataclass
+class Dist:
+    """Where this process sits: rank of world, and its device. The default is one CPU process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def check_device(device: str, nproc: int = 1) -> None:
+    if device not in ("cpu", "cuda"):
+        raise FmrlError(f"--device {device!r}: expected cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FmrlError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    if device == "cuda" and nproc > torch.cuda.device_count():
+        raise FmrlError(f"--nproc {nproc} --device cuda: only {torch.cuda.device_count()} GPUs on this machine")
+
+
+def launch(nproc: int, cli_args: list[str]) -> int:
+    """Run `fmrl-sdk <cli_args>` in nproc local processes under torchrun; returns its exit code."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "fmrl_sdk.cli", *cli_args]
+    proc = subprocess.Popen(command)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # torchrun and its workers got the same Ctrl-C: let them stop cleanly
+        proc.wait()
+        return 130
+
+
+def setup(device: str = "cpu") -> Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPU."""
+    check_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+    dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
+    if world == 1:
+        return Dist(device=dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return Dist(dist.get_rank(), world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), dev)
+
+
+def teardown(d: Dist) -> None:
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(objective: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """DDP around the objective (buffers such as content features are constant: not re-broadcast)."""
+    if d.world == 1:
+        return objective
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(objective, device_ids=[d.local_rank] if d.cuda else None,
+                                   forward_sync_buffers=False)
+
+
+def steps_per_epoch(rows: int, batch_size: int, d: Dist) -> int:
+    """Full batches, plus the last partial one if it has at least one row per rank."""
+    return rows // batch_size + (rows % batch_size >= d.world)
+
+
+def local_batch(inputs: np.ndarray, targets: np.ndarray, rows: np.ndarray, d: Dist):
+    """This rank's share of the global batch `rows`: (x, y, loss scale) on the rank's device."""
+    mine = np.array_split(rows, d.world)[d.rank]
+    x, y = (torch.from_numpy(a).to(d.device) for a in trim_left_padding(inputs[mine], targets[mine]))
+    if d.world == 1:
+        return x, y, 1.0
+    return x, y, d.world * int((targets[mine] > 0).sum()) / int((targets[rows] > 0).sum())
+
+
+def sum_across(values: list[float], d: Dist) -> list[float]:
+    """Element-wise sum over ranks (float64), identical on every rank."""
+    if d.world == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    dist.broadcast(t, 0)  # every rank takes rank 0's bytes, so decisions (early stopping) agree
+    return t.tolist()
+
+
+def broadcast_text(text: str, d: Dist) -> str:
+    """Rank 0's string on every rank (e.g. a run directory named after the time)."""
+    if d.world == 1:
+        return text
+    data = torch.zeros(4096, dtype=torch.uint8, device=d.device)
+    raw = text.encode()[:4096]
+    data[:len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    dist.broadcast(data, 0)
+    return bytes(data.cpu().tolist()).rstrip(b"\0").decode()
+
+
+def gather(tensor: torch.Tensor, d: Dist) -> list[torch.Tensor]:
+    """Every rank's copy of an equally shaped tensor, on the CPU."""
+    if d.world == 1:
+        return [tensor.cpu()]
+    local = tensor.to(d.device)
+    out = [torch.empty_like(local) for _ in range(d.world)]
+    dist.all_gather(out, local)
+    return [t.cpu() for t in out]
+
+
+def replicas_in_sync(model: torch.nn.Module, d: Dist) -> bool:
+    """True when every rank's parameters are bitwise identical (sha256 of their bytes)."""
+    if d.world == 1:
+        return True
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    digests = gather(torch.tensor(list(h.digest()), dtype=torch.uint8), d)
+    return all(torch.equal(digests[0], x) for x in digests[1:])
+
+
+class HostView:
+    """A model on an accelerator seen from `evaluate`, which builds its batches on the CPU: inputs go to
+    the device, hidden states and the item table come back (scoring then runs on the CPU)."""
+
+    def __init__(self, model):
+        self.model, self.cfg, self._table = model, model.cfg, None
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
+
+    def item_table(self) -> torch.Tensor:
+        self._table = self.model.item_table()
+        return self._table.cpu()
+
+    def __call__(self, items: torch.Tensor, table=None) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return self.model(items.to(device), self._table).cpu()
+
+
+def evaluate_on(model, dataset: Dataset, split: str, max_len: int, batch_size: int, d: Dist,
+                progress=None) -> dict[int, dict[str, float]]:
+    """`evaluate` with users split across ranks (exact per-user means, identical on every rank)."""
+    viewed = HostView(model) if d.cuda else model
+    if d.world == 1:
+        return evaluate(viewed, dataset, split, max_len, batch_size, progress=progress)
+    users = np.array_split(np.arange(dataset.num_users), d.world)[d.rank]
+    shard = Dataset(dataset.name, dataset.source, [dataset.sequences[u] for u in users],
+                    [dataset.user_ids[u] for u in users], dataset.item_ids, dataset.item_meta)
+    local = evaluate(viewed, shard, split, max_len, batch_size, progress=progress) if len(users) else None
+    sizes, names = list(model.cfg.sizes), metric_names()
+    flat = [local[s][n] * len(users) if local else 0.0 for s in sizes for n in names]
+    totals = iter(sum_across(flat, d))
+    return {s: {n: next(totals) / dataset.num_users for n in names} for s in sizes}

@@ -1,0 +1,404 @@
+"""fmrl_sdk.runtime: a real exported bundle against the eager model, constant-size state, persistence,
+refusals, items added after export, the light import and the C++ example.
+
+The fixture model is untrained (training takes minutes): a seeded random FMRLRec on the packaged demo
+data, with item vectors nudged towards their training successors so that recommendations are not
+pure noise. It is exported once per pytest session with the real `fmrl_sdk.deploy.export` (shared
+with tests/test_simulate.py through a directory under pytest's base temp dir).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from fmrl_sdk.errors import FmrlError
+from fmrl_sdk.runtime import Recommender, false_positive_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 16          # granularity of the fixture bundle
+SIZES = (8, 16, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared fixture artifacts (also imported by test_simulate.py)
+
+
+def make_run(run_dir: Path) -> None:
+    """A run directory (config.json, items.json, model.safetensors) holding a seeded untrained model."""
+    from fmrl_sdk.data.dataset import load_dataset
+    from fmrl_sdk.model.model import FMRLRec, ModelConfig
+    from fmrl_sdk.train.run import save_checkpoint
+
+    dataset = load_dataset("demo")
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_items=dataset.num_items, sizes=SIZES, item_embedding="id", num_blocks=1,
+                      dropout=0.0, lru_dropout=0.0)
+    model = FMRLRec(cfg).eval()
+    with torch.no_grad():  # item vector += random vectors of the items that followed it in training
+        base = torch.randn(dataset.num_items + 1, cfg.d) / cfg.d ** 0.5
+        table = base.clone()
+        for seq in dataset.train_sequences():
+            for a, b in zip(seq[:-1].tolist(), seq[1:].tolist()):
+                table[a] += base[b]
+        table[0] = 0
+        model.id_embedding.weight.copy_(table * 3)
+    run_dir.mkdir(parents=True)
+    save_checkpoint(model, run_dir)
+    (run_dir / "items.json").write_text(json.dumps(dataset.item_ids))
+    config = {"sdk_version": "0.1.0", "recipe": {"data": {"path": "demo", "max_len": 50, "min_count": 5}},
+              "model": cfg.to_dict(), "data": {"path": "demo", "name": "demo"}, "features": None}
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+
+def shared_artifacts(base: Path) -> SimpleNamespace:
+    """Run dir + size-16 bundle under `base`, built once and reused by every test module."""
+    base.mkdir(parents=True, exist_ok=True)
+    run_dir, bundle = base / "run", base / "bundle"
+    if not (run_dir / "model.safetensors").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        make_run(run_dir)
+    if not (bundle / "manifest.json").exists():
+        from fmrl_sdk.deploy.export import export_bundle
+
+        export_bundle(run_dir, bundle, size=SIZE, profile="test", verify_sequences=4)
+    return SimpleNamespace(run_dir=run_dir, bundle=bundle)
+
+
+@pytest.fixture(scope="session")
+def art(tmp_path_factory):
+    return shared_artifacts(tmp_path_factory.getbasetemp() / "fmrl-runtime-shared")
+
+
+@pytest.fixture(scope="module")
+def rec(art):
+    r = Recommender.open(art.bundle)
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def model(art):
+    from fmrl_sdk.train.run import load_run
+
+    return load_run(art.run_dir).model
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    from fmrl_sdk.data.dataset import load_dataset
+
+    return load_dataset("demo")
+
+
+def rewrite_manifest(bundle: Path, **changes) -> None:
+    """Edit a copied bundle's manifest, re-hashing its files (a *valid* but different bundle)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.update(changes)
+    manifest["files"] = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+                         for name in manifest["files"]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for p in dst.iterdir():
+        p.chmod(0o644)
+    return dst
+
+
+# ----------------------------------------------------------------------------------------------
+# Light import
+
+
+def test_runtime_import_is_light():
+    code = ("import sys, fmrl_sdk.runtime\n"
+            "heavy = [m for m in ('transformers', 'fmrl_sdk.train', 'fmrl_sdk.model', 'torch') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores
+
+
+def eager_scores(model, sequence, size) -> torch.Tensor:
+    """[len, N] size-`size` scores after every prefix, from the full nested model in parallel mode."""
+    with torch.no_grad():
+        table = model.item_table()
+        hidden = model(torch.as_tensor(sequence)[None], table)[0]
+        return hidden[:, :size] @ table[1:, :size].T
+
+
+def test_runtime_matches_eager_model(rec, model, dataset):
+    assert rec.granularity == SIZE and rec.num_items == dataset.num_items
+    with torch.no_grad():  # cold start = the empty-history prediction
+        table = model.item_table()
+        cold = model.empty_history_hidden(table)[:SIZE] @ table[1:, :SIZE].T
+    values, order = torch.topk(cold, rec.k_max)
+    idx, scores = rec.new_session().top(rec.k_max)
+    assert (idx == order.numpy() + 1).all()
+    np.testing.assert_allclose(scores, values.numpy(), atol=1e-4)
+
+    for user in (0, 1, 2, 7):
+        seq = dataset.sequences[user]
+        session = rec.new_session()
+        reference = eager_scores(model, seq, SIZE)
+        for t, item in enumerate(seq):
+            assert session.observe(dataset.item_ids[item - 1])
+            idx, scores = session.top(rec.k_max)
+            values, order = torch.topk(reference[t], rec.k_max)
+            assert (idx == order.numpy() + 1).all(), f"user {user} step {t}"
+            np.testing.assert_allclose(scores, values.numpy(), atol=1e-4)
+        # the public API returns external ids with the same scores
+        recs = session.recommend(k=5)
+        assert [r[0] for r in recs] == [dataset.item_ids[i] for i in order[:5].tolist()]
+
+
+def test_state_size_is_constant(rec, dataset):
+    session = rec.new_session()
+    sizes = [len(session.to_bytes())]
+    for n, item in enumerate(np.resize(np.concatenate(dataset.sequences[:40]), 400)):
+        session.observe_index(int(item))
+        if n in (0, 9, 399):
+            sizes.append(len(session.to_bytes()))
+    assert set(sizes) == {rec.state_bytes}
+    assert session.observed == 400
+    # layout: header + state [2, s] + hidden [s] + top-k scores and indices + 256-byte Bloom filter + crc
+    assert rec.state_bytes < 2048
+
+
+def test_to_bytes_restore_round_trip(rec, dataset):
+    seq = [dataset.item_ids[i - 1] for i in dataset.sequences[3]]
+    straight = rec.new_session()
+    for item in seq:
+        straight.observe(item)
+    first = rec.new_session()
+    for item in seq[:3]:
+        first.observe(item)
+    restored = rec.restore(first.to_bytes())
+    assert restored.recommend(10) == first.recommend(10)
+    for item in seq[3:]:
+        restored.observe(item)
+    assert restored.recommend(10) == straight.recommend(10)
+    assert restored.to_bytes() == straight.to_bytes()
+    assert restored.observed == len(seq)
+    assert rec.restore(rec.new_session().to_bytes()).recommend(5) == rec.cold_start(5)
+
+
+def test_restore_refuses_foreign_and_corrupt_states(rec, art, tmp_path, dataset):
+    session = rec.new_session()
+    session.observe(dataset.item_ids[0])
+    blob = session.to_bytes()
+    # a state from another bundle (same program, different cold start -> different fingerprint)
+    other_dir = copy_bundle(art.bundle, tmp_path / "other")
+    cold = json.loads((other_dir / "cold_start.json").read_text())
+    cold["scores"] = [s + 1.0 for s in cold["scores"]]
+    (other_dir / "cold_start.json").write_text(json.dumps(cold))
+    rewrite_manifest(other_dir)
+    other = Recommender.open(other_dir)
+    assert other.fingerprint != rec.fingerprint
+    with pytest.raises(FmrlError, match="another bundle"):
+        other.restore(blob)
+    assert other.restore(other.new_session().to_bytes()).observed == 0
+    other.close()
+
+    flipped = bytearray(blob)
+    flipped[100] ^= 0x01
+    with pytest.raises(FmrlError, match="corrupt"):
+        rec.restore(bytes(flipped))
+    with pytest.raises(FmrlError):
+        rec.restore(blob[:-10])
+    with pytest.raises(FmrlError, match="magic"):
+        rec.restore(b"JUNK" + blob[4:])
+    future = bytearray(blob)
+    future[4] = 9  # version field
+    with pytest.raises(FmrlError, match="version"):
+        rec.restore(bytes(future))
+    with pytest.raises(FmrlError, match="seen filter"):
+        Recommender(rec.bundle, rec.engine, bloom_bits=4096).restore(blob)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bundle checks
+
+
+def test_tampered_or_partial_bundle_is_refused(art, tmp_path):
+    tampered = copy_bundle(art.bundle, tmp_path / "tampered")
+    data = bytearray((tampered / "model.pte").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tampered / "model.pte").write_bytes(bytes(data))
+    with pytest.raises(FmrlError, match="sha256 mismatch"):
+        Recommender.open(tampered)
+
+    partial = copy_bundle(art.bundle, tmp_path / "partial")
+    (partial / "items.json").unlink()
+    with pytest.raises(FmrlError, match="missing"):
+        Recommender.open(partial)
+    (partial / "manifest.json").unlink()
+    with pytest.raises(FmrlError, match="not a bundle"):
+        Recommender.open(partial)
+
+    future = copy_bundle(art.bundle, tmp_path / "future")
+    rewrite_manifest(future, format_version=99)
+    with pytest.raises(FmrlError, match="format_version"):
+        Recommender.open(future)
+    newer = copy_bundle(art.bundle, tmp_path / "newer")
+    rewrite_manifest(newer, executorch_version="99.0.0")
+    with pytest.raises(FmrlError, match="newer"):
+        Recommender.open(newer)
+
+
+# ----------------------------------------------------------------------------------------------
+# Items, unknown ids, seen items
+
+
+def test_add_items_makes_a_new_item_recommendable(rec, art, tmp_path, dataset):
+    from safetensors.numpy import save_file
+
+    fresh = Recommender(rec.bundle, rec.engine)  # same engine, its own catalogue
+    session = fresh.new_session()
+    for item in dataset.sequences[5][:4]:
+        session.observe_index(int(item))
+    hidden = session.hidden
+    top_score = session.top(1)[1][0]
+    # one vector aligned with the user (wins), one opposite (never shown); vectors may be wider than s
+    wide = np.zeros((2, 32), np.float32)
+    wide[0, :SIZE] = hidden / np.dot(hidden, hidden) * (top_score + 1.0)
+    wide[1, :SIZE] = -hidden
+    assert fresh.add_items(["NEW-1", "NEW-2"], wide) == 2
+    recs = session.recommend(10)
+    assert recs[0][0] == "NEW-1" and abs(recs[0][1] - (top_score + 1.0)) < 1e-3
+    assert "NEW-2" not in [r[0] for r in recs]
+    # a fresh session's cold start merges added items too; the stored catalogue of `rec` is untouched
+    assert "NEW-1" not in [r[0] for r in rec.new_session().recommend(100)]
+    # observing an added item marks it seen without stepping; exclude_seen then hides it
+    assert session.observe("NEW-1") is False and session.seen_only == 1
+    assert fresh.restore(session.to_bytes()).seen_only == 1
+    assert "NEW-1" not in [r[0] for r in session.recommend(10, exclude_seen=True)]
+    assert session.recommend(10)[0][0] == "NEW-1"
+    with pytest.raises(FmrlError, match="already in the bundle"):
+        fresh.add_items([dataset.item_ids[0]], wide[:1])
+    with pytest.raises(FmrlError, match="dims"):
+        fresh.add_items(["X"], np.zeros((1, 4), np.float32))
+
+    # from an `fmrl-sdk item-vectors` style file: tensor `vectors`, ids as JSON in the metadata
+    path = tmp_path / "new_items.safetensors"
+    save_file({"vectors": wide[:1] * 2}, str(path), metadata={"ids": json.dumps(["NEW-3"])})
+    assert fresh.add_items_from_file(path) == 1
+    assert session.recommend(1)[0][0] == "NEW-3"
+    as_json = tmp_path / "new_items.json"
+    as_json.write_text(json.dumps({"ids": ["NEW-4"], "vectors": (wide[:1] * 3).tolist()}))
+    assert fresh.add_items_from_file(as_json) == 1
+    assert session.recommend(1)[0][0] == "NEW-4"
+    bad = tmp_path / "no_ids.safetensors"
+    save_file({"vectors": wide[:1]}, str(bad))
+    with pytest.raises(FmrlError, match="ids"):
+        fresh.add_items_from_file(bad)
+
+
+def test_unknown_items_skip_or_raise(art, rec):
+    session = rec.new_session()
+    assert session.observe("no-such-item") is False
+    assert session.unknown == 1 and session.observed == 0
+    assert session.recommend(5) == rec.cold_start(5)
+    strict = Recommender(rec.bundle, rec.engine, on_unknown="raise")
+    with pytest.raises(FmrlError, match="unknown item"):
+        strict.new_session().observe("no-such-item")
+
+
+def test_exclude_seen_and_bloom_rate(rec, dataset):
+    session = rec.new_session()
+    seen_items = set()
+    for seq in dataset.sequences[:3]:
+        for item in seq:
+            session.observe_index(int(item))
+            seen_items.add(int(item))
+    favourite = int(session.top(1)[0][0])  # this model keeps recommending what it was just fed
+    session.observe_index(favourite)
+    seen_items.add(favourite)
+    everything = session.top(rec.k_max, exclude_seen=False)[0].tolist()
+    assert favourite in everything[:20]
+    kept = session.top(rec.k_max, exclude_seen=True)[0].tolist()
+    assert kept == [i for i in everything if i not in seen_items]  # no false positive on this list
+    assert len(session.recommend(20, exclude_seen=True)) == 20
+    assert not {r[0] for r in session.recommend(20, exclude_seen=True)} & {dataset.item_ids[i - 1] for i in seen_items}
+    assert false_positive_rate(50) < 1e-4 and false_positive_rate(200) < 0.02
+
+
+def test_shared_recommender_across_threads(rec, dataset):
+    seqs = [[dataset.item_ids[i - 1] for i in s] for s in dataset.sequences[10:18]]
+
+    def run(seq):
+        session = rec.new_session()
+        for item in seq:
+            session.observe(item)
+        return session.recommend(10)
+
+    expected = [run(s) for s in seqs]
+    results = [None] * len(seqs)
+
+    def worker(j):
+        results[j] = run(seqs[j])
+
+    threads = [threading.Thread(target=worker, args=(j,)) for j in range(len(seqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# Examples
+
+
+def test_example_app_persists_state_across_restarts(rec, art, tmp_path, dataset):
+    items = [dataset.item_ids[i - 1] for i in dataset.sequences[4][:3]]
+    cmd = [sys.executable, str(ROOT / "examples" / "app.py"), "--bundle", str(art.bundle), "--user", "alice",
+           "--state-dir", str(tmp_path / "state")]
+    subprocess.run(cmd + items[:2], capture_output=True, text=True, check=True, cwd=tmp_path)
+    second = subprocess.run(cmd + items[2:], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "restored" in second.stdout and "(2 events so far)" in second.stdout
+    session = rec.new_session()
+    for item in items:
+        session.observe(item)
+    assert (tmp_path / "state" / "alice.state").read_bytes() == session.to_bytes()
+
+
+
+def test_cpp_example_matches_python_runtime(rec, art, tmp_path, dataset):
+    cmake, cxx = shutil.which("cmake"), shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not cmake or not cxx:
+        pytest.skip(f"needs cmake and a C++ compiler (cmake: {cmake}, compiler: {cxx})")
+    import executorch
+
+    prefix = list(executorch.__path__)[0]
+    if not (Path(prefix) / "include").is_dir():
+        pytest.skip(f"the executorch wheel at {prefix} ships no C++ headers")
+    build = tmp_path / "build"
+    subprocess.run([cmake, "-S", str(ROOT / "examples" / "cpp"), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}",
+                    "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True)
+    subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True)
+    items = [int(i) for i in dataset.sequences[1]]
+    out = subprocess.run([str(build / "fmrl_stream"), str(art.bundle), "10", *map(str, items)],
+                         check=True, capture_output=True, text=True)
+    rows = [line.split("\t") for line in out.stdout.strip().splitlines()]
+    session = rec.new_session()
+    for item in items:
+        session.observe_index(item)
+    expected = session.recommend(10)
+    assert [r[0] for r in rows] == [e[0] for e in expected]
+    np.testing.assert_allclose([float(r[1]) for r in rows], [e[1] for e in expected], rtol=1e-5, atol=1e-5)

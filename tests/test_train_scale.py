@@ -1,0 +1,454 @@
+"""Scaling the trainer: large-catalogue losses, data-parallel training (2 gloo processes) and resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fmrl_sdk.data import load_dataset
+from fmrl_sdk.data.dataset import training_arrays
+from fmrl_sdk.errors import FmrlError
+from fmrl_sdk.train import checkpoint
+from fmrl_sdk.train.loss import (ChunkedNestedCrossEntropy, FusedNestedCrossEntropy, NegativeSampler, Objective,
+                                 item_rows, sampled_nested_cross_entropy, size_weights)
+from fmrl_sdk.train.recipe import Recipe
+from fmrl_sdk.train.trainer import prepare, train
+from tests.test_model import make_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"data": {"path": "demo", "max_len": 20},
+        "model": {"sizes": [4, 8, 16], "item_embedding": "id", "dropout": 0.1, "lru_dropout": 0.1},
+        "train": {"epochs": 2, "batch_size": 256, "lr": 3e-3, "warmup_steps": 2, "patience": 5,
+                  "eval_batch_size": 1000, "threads": 1}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many small products: on 2 cores shared with other jobs, OpenMP threads waiting for each other
+    cost far more than they save (measured 0.02 s vs 4 s for the same loss)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> str:
+    """300 users, 120 items, learnable: each next item is 1-3 items after the previous one."""
+    rng = np.random.default_rng(0)
+    lines = ["user,item,timestamp"]
+    for user in range(300):
+        item = int(rng.integers(120))
+        for ts in range(int(rng.integers(6, 16))):
+            lines.append(f"u{user},i{item},{ts}")
+            item = (item + int(rng.integers(1, 4))) % 120
+    path = tmp_path_factory.mktemp("data") / "small.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def small(data: str, **train) -> dict:
+    raw = recipe(**{"batch_size": 64, "lr": 1e-2, **train})
+    raw["data"].update(path=data, min_count=1)
+    return raw
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def recipe(**train):
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(train)
+    return raw
+
+
+def fmrl(*args, cwd=None, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "fmrl_sdk.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, **kw)
+
+
+def write_recipe(path: Path, raw: dict) -> Path:
+    lines = []
+    for table, values in raw.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Large-catalogue losses
+
+
+@pytest.fixture(scope="module")
+def demo_batch():
+    data = load_dataset("demo")
+    inputs, targets = training_arrays(data, 30)
+    rows = np.arange(0, 24)
+    return data, torch.from_numpy(inputs[rows]), torch.from_numpy(targets[rows])
+
+
+def objective_loss_and_grads(objective, x, y, **kw):
+    objective.zero_grad()
+    loss = objective(x, y, **kw)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in objective.model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk", [97, 1000, 100_000])
+@pytest.mark.parametrize("weights", [None, [1.0, 2.0, 0.5, 4.0]])
+def test_chunked_loss_equals_full_loss_and_gradients(demo_batch, chunk, weights):
+    data, x, y = demo_batch
+    model = make_model("hybrid", num_items=data.num_items)
+    full = objective_loss_and_grads(Objective(model, model.cfg.sizes, weights, "full"), x, y)
+    chunked = objective_loss_and_grads(Objective(model, model.cfg.sizes, weights, "chunked", item_chunk=chunk), x, y)
+    assert rel(chunked[0], full[0]) <= 1e-5
+    for name, grad in full[1].items():
+        assert rel(chunked[1][name], grad) <= 1e-5, name
+
+
+def test_chunked_loss_in_float64_is_exact_to_rounding():
+    torch.manual_seed(1)
+    sizes, w = (3, 8, 20), torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    hidden = torch.randn(50, 20, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(333, 20, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 333, (50,))
+    full = FusedNestedCrossEntropy.apply(hidden, items, labels, sizes, w)
+    g_full = torch.autograd.grad(full, (hidden, items))
+    chunked = ChunkedNestedCrossEntropy.apply(hidden, items, labels, sizes, w, 40)
+    g_chunked = torch.autograd.grad(chunked, (hidden, items))
+    assert abs(chunked.item() - full.item()) <= 1e-12 * full.item()
+    assert all(rel(a, b) <= 1e-12 for a, b in zip(g_chunked, g_full))
+
+
+def test_chunked_loss_keeps_nothing_of_size_targets_x_items():
+    hidden = torch.randn(64, 16, requires_grad=True)
+    items = torch.randn(5000, 16, requires_grad=True)
+    labels = torch.randint(0, 5000, (64,))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        loss = ChunkedNestedCrossEntropy.apply(hidden, items, labels, (4, 8, 16), size_weights((4, 8, 16)), 256)
+    loss.backward()
+    assert saved and max(saved) <= 5000 * 16  # the items themselves; never 64 x 5000 scores
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        (hidden @ items.T).logsumexp(1).sum()  # the hook does see a [T, N] tensor when one is kept
+    assert max(saved) == 64 * 5000
+
+
+@pytest.mark.parametrize("embedding", ["hybrid", "content", "id"])
+def test_sampled_loss_with_every_item_drawn_once_uniformly_is_the_full_loss(demo_batch, embedding):
+    """log(M Q) = log(N * 1/N) = 0 and the target's accidental hit removed: exactly the full softmax.
+
+    Also checks the partial item table (only the batch's and the negatives' rows are projected)."""
+    data, x, y = demo_batch
+    model = make_model(embedding, num_items=data.num_items)
+    n = data.num_items
+    negatives = (torch.arange(1, n + 1), torch.zeros(n))
+    weights = [1.0, 2.0, 0.5, 4.0]
+    full = objective_loss_and_grads(Objective(model, model.cfg.sizes, weights, "full"), x, y)
+    sampled = objective_loss_and_grads(Objective(model, model.cfg.sizes, weights, "sampled"), x, y,
+                                       negatives=negatives)
+    assert rel(sampled[0], full[0]) <= 1e-5
+    for name, grad in full[1].items():
+        assert rel(sampled[1][name], grad) <= 1e-5, name
+    rows = torch.tensor([0, 5, 17, n])
+    assert torch.allclose(item_rows(model, rows), model.item_table()[rows])
+
+
+def straightforward_sampled_loss(hidden, labels, positives, negative_ids, negatives, log_q, sizes, weights):
+    """Autograd over explicit [K, T, 1 + M] logits: target column, then corrected, hit-masked negatives."""
+    per_size = []
+    for size in sizes:
+        target = (hidden[:, :size] * positives[:, :size]).sum(1, keepdim=True)
+        sampled = (hidden[:, :size] @ negatives[:, :size].T - log_q).masked_fill(
+            labels[:, None] == negative_ids[None, :], float("-inf"))
+        per_size.append((torch.logsumexp(torch.cat([target, sampled], 1), 1) - target[:, 0]).mean())
+    return (torch.stack(per_size) * size_weights(sizes, weights)).sum()
+
+
+def test_fused_sampled_loss_equals_straightforward_one():
+    torch.manual_seed(0)
+    sizes, weights = (4, 8, 16), [1.0, 2.0, 0.5]
+    hidden, positives = torch.randn(40, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)
+    negatives = torch.randn(300, 16, requires_grad=True)
+    ids, log_q, labels = torch.randint(1, 51, (300,)), torch.randn(300), torch.randint(1, 51, (40,))
+    ids[:3] = labels[0]  # duplicates of a target among the negatives
+    args = (hidden, labels, positives, ids, negatives, log_q, sizes, weights)
+    fused, reference = sampled_nested_cross_entropy(*args), straightforward_sampled_loss(*args)
+    assert rel(fused.detach(), reference.detach()) <= 1e-5
+    for a, b in zip(torch.autograd.grad(fused, (hidden, positives, negatives)),
+                    torch.autograd.grad(reference, (hidden, positives, negatives))):
+        assert rel(a, b) <= 1e-5
+    # every negative an accidental hit: that target's loss is 0 (only itself left), not nan
+    only_hits = sampled_nested_cross_entropy(hidden[:1], labels[:1], positives[:1], labels[:1].repeat(5),
+                                             negatives[:5], log_q[:5], sizes)
+    only_hits.backward()
+    assert only_hits.item() == 0 and torch.isfinite(hidden.grad).all()
+
+
+def test_sampled_loss_log_q_correction_makes_it_consistent():
+    """Popularity-drawn negatives: with the log-Q correction the loss tends to the full loss; without
+    it (treating the draws as uniform) it stays far off."""
+    torch.manual_seed(0)
+    n, sizes = 400, (4, 8, 16)
+    counts = (1000 / torch.arange(1, n + 1) ** 1.2).floor()  # Zipf-like popularity
+    sampler = NegativeSampler(n, "popularity", counts)
+    hidden, items = torch.randn(64, 16) * 0.5, torch.randn(n, 16) * 0.5
+    hidden[:, 0], items[:, 0] = 1.0, 0.8 * (counts + 1).log()  # scores follow popularity, as in real data
+    labels = torch.randint(1, n + 1, (64,))
+    full = FusedNestedCrossEntropy.apply(hidden, items, labels - 1, sizes, size_weights(sizes)).item()
+    ids, log_q = sampler(50_000)
+    corrected = sampled_nested_cross_entropy(hidden, labels, items[labels - 1], ids, items[ids - 1], log_q, sizes)
+    naive = sampled_nested_cross_entropy(hidden, labels, items[labels - 1], ids, items[ids - 1],
+                                         torch.full_like(log_q, math.log(50_000 / n)), sizes)
+    assert abs(corrected.item() - full) < 0.01 * full
+    assert abs(naive.item() - full) > 0.2 * full
+
+
+def test_negative_sampler_draws_from_its_proposal():
+    torch.manual_seed(0)
+    counts = torch.tensor([0.0, 9, 0, 39, 1])  # Q = (1, 10, 1, 40, 2) / 54
+    ids, log_q = NegativeSampler(5, "popularity", counts)(200_000)
+    q = torch.tensor([1.0, 10, 1, 40, 2]) / 54
+    assert ids.min() >= 1 and ids.max() <= 5
+    freq = torch.bincount(ids - 1, minlength=5).double() / len(ids)
+    assert torch.allclose(freq.float(), q, atol=0.005)
+    assert torch.allclose(log_q, (q[ids - 1] * 200_000).log(), rtol=1e-5)
+    ids, log_q = NegativeSampler(5)(1000)
+    assert ids.min() >= 1 and ids.max() <= 5 and torch.allclose(log_q, torch.full((1000,), math.log(200.0)))
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"train": {"loss": "approx"}}, "loss must be 'full', 'chunked' or 'sampled'"),
+    ({"train": {"item_chunk": 0}}, "item_chunk >= 1"),
+    ({"train": {"num_negatives": -5}}, "num_negatives >= 1"),
+    ({"train": {"negative_sampler": "zipf"}}, "negative_sampler must be"),
+])
+def test_recipe_validates_loss_keys(raw, match):
+    with pytest.raises(FmrlError, match=match):
+        Recipe.from_dict(raw, source="r.toml")
+
+
+def test_training_with_chunked_loss_follows_full_loss_and_sampled_loss_learns(tmp_path, small_data):
+    runs = {loss: train(prepare(Recipe.from_dict(small(small_data, loss=loss, epochs=3, item_chunk=50,
+                                                       num_negatives=40))), tmp_path / loss)
+            for loss in ("full", "chunked", "sampled")}
+    history = {loss: [json.loads(line) for line in (tmp_path / loss / "history.jsonl").read_text().splitlines()]
+               for loss in runs}
+    for full, chunked in zip(history["full"], history["chunked"]):  # same training, other arithmetic
+        assert abs(full["loss"] - chunked["loss"]) < 1e-4 * full["loss"]
+    for loss, h in history.items():  # (the sampled loss is its own estimate, so only compared to itself)
+        assert h[-1]["loss"] < h[0]["loss"], loss
+    chance = sum(1 / math.log2(r + 2) for r in range(10)) / 120  # NDCG@10 of a random ranking of 120 items
+    assert runs["full"]["test"][16]["NDCG@10"] > 3 * chance and runs["sampled"]["test"][16]["NDCG@10"] > 2 * chance
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-parallel training
+
+WORKER = '''
+import json, sys
+import numpy as np, torch
+from fmrl_sdk.data.dataset import training_arrays
+from fmrl_sdk.model.model import FMRLRec
+from fmrl_sdk.train import distributed
+from fmrl_sdk.train.recipe import Recipe
+from fmrl_sdk.train.trainer import make_objective, make_optimizer, prepare, train_step
+
+recipe = Recipe.from_dict(json.loads(sys.argv[1]))
+t = recipe.train
+rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
+d = distributed.setup("cpu")
+torch.set_num_threads(1)
+prep = prepare(recipe)
+inputs, targets = training_arrays(prep.dataset, recipe.data.max_len)
+rows = np.random.default_rng(0).permutation(len(inputs))[:t.batch_size]
+
+def one_step(where):
+    torch.manual_seed(t.seed + where.rank)  # different initial weights per rank: DDP must broadcast rank 0's
+    model = FMRLRec(prep.model_config, prep.features)
+    objective = make_objective(model, t, targets)
+    optimizer, scheduler = make_optimizer(model, t, 10)
+    x, y, scale = distributed.local_batch(inputs, targets, rows, where)
+    loss = train_step(distributed.wrap(objective, where), optimizer, scheduler, x, y, scale, t.grad_clip)
+    return model, loss, len(x)
+
+model, loss, local_rows = one_step(d)
+in_sync = distributed.replicas_in_sync(model, d)
+losses = [x.item() for x in distributed.gather(torch.tensor([loss], dtype=torch.float64), d)]
+rows_per_rank = [int(x) for x in distributed.gather(torch.tensor([local_rows]), d)]
+if d.main:
+    torch.manual_seed(t.seed)
+    initial = FMRLRec(prep.model_config, prep.features)
+    ref, ref_loss, _ = one_step(distributed.Dist())
+    pairs = list(zip(model.parameters(), ref.parameters(), initial.parameters()))
+    json.dump({"in_sync": in_sync, "world": d.world, "rows_per_rank": rows_per_rank,
+               "mean_loss": sum(losses) / d.world, "ref_loss": ref_loss,
+               "max_rel_grad_diff": max(rel(a.grad, b.grad) for a, b, c in pairs),
+               "moved": min((b - c).abs().max().item() for a, b, c in pairs)}, open(sys.argv[2], "w"))
+distributed.teardown(d)
+'''
+
+
+def torchrun(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def test_ddp_step_equals_one_process_step_and_ranks_hold_identical_weights(tmp_path):
+    """2 gloo processes, each about half of a 257-row batch: after one step both ranks hold the same
+    bytes, and their averaged gradients are those of one process on the whole batch (rel <= 1e-5: the
+    all-reduce sums in another order, so not bitwise; weights are not compared because Adam's first
+    step, g / (|g| + eps), turns rounding in near-zero gradients into full-size differences)."""
+    script, out = tmp_path / "worker.py", tmp_path / "out.json"
+    script.write_text(WORKER)
+    raw = recipe(batch_size=257)
+    raw["model"].update(dropout=0.0, lru_dropout=0.0)
+    r = torchrun(str(script), json.dumps(raw), str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["in_sync"] and result["world"] == 2 and result["rows_per_rank"] == [129, 128]
+    assert abs(result["mean_loss"] - result["ref_loss"]) <= 1e-5 * result["ref_loss"]  # global per-target mean
+    assert result["moved"] > 0 and result["max_rel_grad_diff"] <= 1e-5
+
+
+def test_cli_trains_with_two_processes(tmp_path):
+    path = write_recipe(tmp_path / "tiny.toml", recipe(threads=0))
+    r = fmrl("train", "--recipe", str(path), "--nproc", "2", "--out", str(tmp_path / "ddp"), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]  # one writer: no duplicated lines
+    assert history[1]["loss"] < history[0]["loss"] and all(h["replicas_in_sync"] for h in history)
+    assert json.loads((run_dir / "config.json").read_text())["launch"] == {"processes": 2, "device": "cpu"}
+    assert set(json.loads((run_dir / "metrics.json").read_text())) == {"val", "test"}
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []  # no temporary files
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+
+
+def interrupt_after_next_epoch(args, history: Path, sig) -> subprocess.CompletedProcess:
+    """Run `fmrl-sdk train ARGS`, send `sig` as soon as history.jsonl gains a line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lines = history.read_text().count("\n") if history.exists() else 0
+    proc = subprocess.Popen([sys.executable, "-m", "fmrl_sdk.cli", "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not (history.exists() and history.read_text().count("\n") > lines):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode, "", err)
+
+
+def test_resume_after_sigkill_and_ctrl_c_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, small_data):
+    """SIGKILL after epoch 1, resume, Ctrl-C (SIGINT) a few epochs later, resume again: bitwise the same
+    final and best weights, history and metrics as a run never interrupted (one thread, so the same CPU
+    kernels in the same order; every RNG, optimizer moment, schedule step and counter restored)."""
+    raw = small(small_data, epochs=12, patience=12)
+    path = write_recipe(tmp_path / "tiny.toml", raw)
+    run_dir = tmp_path / "killed"
+    history = run_dir / "history.jsonl"
+    r = interrupt_after_next_epoch(["--recipe", str(path), "--out", str(run_dir)], history, signal.SIGKILL)
+    assert r.returncode == -signal.SIGKILL
+    assert history.read_text().count("\n") < 12 and '"test"' not in (run_dir / "metrics.json").read_text()
+
+    held = checkpoint.lock(run_dir)  # a run still going (here: this test holds its lock) is not resumed
+    r = fmrl("train", "--resume", str(run_dir))
+    assert r.returncode == 2 and "another process is training this run" in r.stderr
+    held.close()
+    r = interrupt_after_next_epoch(["--resume", str(run_dir)], history, signal.SIGINT)
+    assert r.returncode == 130 and f"fmrl-sdk train --resume {run_dir}" in r.stderr
+    assert history.read_text().count("\n") < 12
+    r = fmrl("train", "--resume", str(run_dir), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming" in r.stdout and not (run_dir / checkpoint.LOCK).exists()
+
+    reference = tmp_path / "reference"
+    train(prepare(Recipe.from_dict(raw)), reference)
+    for name in ("model.safetensors", checkpoint.TENSORS):
+        resumed, uninterrupted = load_file(str(run_dir / name)), load_file(str(reference / name))
+        assert resumed.keys() == uninterrupted.keys()
+        for key in resumed:
+            assert torch.equal(resumed[key], uninterrupted[key]), (name, key)
+    strip = lambda p: [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
+                       for line in (p / "history.jsonl").read_text().splitlines()]
+    assert strip(run_dir) == strip(reference)
+    metrics = [json.loads((p / "metrics.json").read_text()) for p in (run_dir, reference)]
+    assert metrics[0] == metrics[1]
+
+    r = fmrl("train", "--resume", str(run_dir))
+    assert r.returncode == 2 and "already finished" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_training_state_is_safetensors_and_json_and_survives_a_torn_save(tmp_path, small_data):
+    run_dir = tmp_path / "run"
+    train(prepare(Recipe.from_dict(small(small_data, epochs=1))), run_dir)
+    meta = json.loads((run_dir / checkpoint.META).read_text())
+    tensors = load_file(str(run_dir / checkpoint.TENSORS))
+    assert meta["epoch"] == 1 and meta["finished"] and meta["numpy_rng"]["bit_generator"] == "PCG64"
+    assert {"model.blocks.0.lru.nu_log", "rng.torch.0"} <= set(tensors)
+    assert any(k.startswith("optimizer.") and k.endswith(".exp_avg_sq") for k in tensors)
+    # a kill between the two renames: the JSON is from another epoch; the embedded copy is used
+    (run_dir / checkpoint.META).write_text(json.dumps({**meta, "token": "stale", "epoch": 0}))
+    loaded, _ = checkpoint.load_state(run_dir)
+    assert loaded["epoch"] == 1 and loaded["token"] == meta["token"]
+    # the derived files are made to agree with the state: later history lines go, a missing one returns
+    history = run_dir / "history.jsonl"
+    record = json.loads(history.read_text())
+    history.write_text('{"epoch": 2, "loss": 1.0}\n')
+    (run_dir / "model.safetensors").unlink()
+    run = load_run_weights(run_dir, tensors)
+    checkpoint.reconcile(run_dir, loaded, run, run.state_dict())
+    assert [json.loads(line) for line in history.read_text().splitlines()] == [record]
+    assert torch.equal(load_file(str(run_dir / "model.safetensors"))["blocks.0.lru.nu_log"],
+                       tensors["model.blocks.0.lru.nu_log"])
+
+
+def load_run_weights(run_dir, tensors):
+    from fmrl_sdk.model.model import FMRLRec, ModelConfig
+
+    config = json.loads((run_dir / "config.json").read_text())["model"]
+    model = FMRLRec(ModelConfig(**{**config, "sizes": tuple(config["sizes"])}))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model
+
+
+def test_cli_resume_bad_input_is_one_line_exit_2(tmp_path):
+    r = fmrl("train", "--resume", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "not a run directory" in r.stderr and r.stderr.count("\n") == 1
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    r = fmrl("train", "--resume", str(tmp_path / "run"), "--epochs", "3")
+    assert r.returncode == 2 and "drop --epochs" in r.stderr
+    r = fmrl("train", "--resume", str(tmp_path / "run"))
+    assert r.returncode == 2 and "not a run configuration" in r.stderr
+    (tmp_path / "run" / "config.json").write_text('{"recipe": {}}')
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"")
+    r = fmrl("train", "--resume", str(tmp_path / "run"))
+    assert r.returncode == 2 and "no training state to resume from" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "model.safetensors"]
+    r = fmrl("train", "--nproc", "0")
+    assert r.returncode == 2 and "--nproc 0" in r.stderr
+    r = fmrl("train", "--device", "tpu")
+    assert r.returncode == 2 and "expected cpu or cuda" in r.stderr
+    bad = tmp_path / "run" / checkpoint.TENSORS
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(FmrlError, match="not a readable training state"):
+        checkpoint.load_state(tmp_path / "run")
