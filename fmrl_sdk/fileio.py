@@ -79,3 +79,20 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise FmrlError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def read_jsonl_objects(path: str | Path):
+    """Yield (line number, dict) for each non-blank line of a JSONL file; bad lines are FmrlErrors."""
+    from .errors import FmrlError
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FmrlError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise FmrlError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, rec

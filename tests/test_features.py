@@ -500,12 +500,12 @@ def test_cli_featurize_demo(tmp_path, bge_dir):
 
 def test_cli_errors_are_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run([sys.executable, "-m", "fmrl_sdk.features", "featurize", "--data",
+    proc = subprocess.run([sys.executable, "-m", "fmrl_sdk.cli", "featurize", "--data",
                            str(tmp_path / "nothing"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nothing'}: data not found"
-    proc = subprocess.run([sys.executable, "-m", "fmrl_sdk.features", "featurize", "--data", "demo",
+    proc = subprocess.run([sys.executable, "-m", "fmrl_sdk.cli", "featurize", "--data", "demo",
                            "--out", str(tmp_path / "o"), "--text-encoder", str(tmp_path / "no-model")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "model folder not found" in proc.stderr.strip().splitlines()[-1]

@@ -76,16 +76,6 @@ def shared_artifacts(base: Path) -> SimpleNamespace:
     return SimpleNamespace(run_dir=run_dir, bundle=bundle)
 
 
-@pytest.fixture(scope="session")
-def art(tmp_path_factory):
-    return shared_artifacts(tmp_path_factory.getbasetemp() / "fmrl-runtime-shared")
-
-
-@pytest.fixture(scope="module")
-def rec(art):
-    r = Recommender.open(art.bundle)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

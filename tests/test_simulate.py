@@ -30,16 +30,6 @@ REPORT_KEYS = {"events", "bad_lines", "latency_us", "events_per_s", "online", "o
                "state_bytes_per_user", "peak_rss_bytes"}
 
 
-@pytest.fixture(scope="session")
-def art(tmp_path_factory):
-    return shared_artifacts(tmp_path_factory.getbasetemp() / "fmrl-runtime-shared")
-
-
-@pytest.fixture(scope="module")
-def rec(art):
-    r = Recommender.open(art.bundle)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

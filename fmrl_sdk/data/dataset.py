@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
+from ..fileio import read_jsonl_objects
 
 DEMO_DATA_DIR = Path(__file__).resolve().parent / "demo"
 SPLITS = ("train", "val", "test")
@@ -200,17 +201,8 @@ def read_interactions(path: Path, min_count: int = 5) -> Dataset:
             for lineno, rec in enumerate(reader, 2):
                 rows.append(_interaction(path, lineno, rec, len(rows)))
     else:
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise FmrlError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise FmrlError(f"{path}:{lineno}: expected a JSON object")
-                rows.append(_interaction(path, lineno, rec, len(rows)))
+        for lineno, rec in read_jsonl_objects(path):
+            rows.append(_interaction(path, lineno, rec, len(rows)))
     if not rows:
         raise FmrlError(f"{path}: no interactions")
     rows = _k_core(rows, min_count)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from ..fileio import atomic_write_bytes, atomic_write_json, read_jsonl_objects, sha256_file
 from .sources import EncoderSource, resolve_encoder, set_offline, source_from_manifest
 from .store import (FORMAT, VERSION, cache_hit, check_out_dir, ids_sha256, input_hash, now_iso, read_manifest,
                     write_features)
@@ -289,33 +289,24 @@ def read_new_items(path: str | Path) -> tuple[list[str], list[dict], list[Path |
         raise FmrlError(f"{path}: items file not found")
     ids, metas, images = [], [], []
     seen = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FmrlError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise FmrlError(f"{path}:{lineno}: expected a JSON object")
-            item = rec.get("item")
-            if item in (None, ""):
-                raise FmrlError(f"{path}:{lineno}: missing 'item'")
-            item = str(item)
-            if item in seen:
-                raise FmrlError(f"{path}:{lineno}: item {item!r} appears twice")
-            seen.add(item)
-            image = rec.get("image")
-            if image not in (None, "") and not isinstance(image, str):
-                raise FmrlError(f"{path}:{lineno}: 'image' must be a file path")
-            ids.append(item)
-            metas.append({k: v for k, v in rec.items() if k not in ("item", "image")})
-            if image:
-                p = Path(image).expanduser()
-                images.append(p if p.is_absolute() else path.parent / p)
-            else:
-                images.append(None)
+    for lineno, rec in read_jsonl_objects(path):
+        item = rec.get("item")
+        if item in (None, ""):
+            raise FmrlError(f"{path}:{lineno}: missing 'item'")
+        item = str(item)
+        if item in seen:
+            raise FmrlError(f"{path}:{lineno}: item {item!r} appears twice")
+        seen.add(item)
+        image = rec.get("image")
+        if image not in (None, "") and not isinstance(image, str):
+            raise FmrlError(f"{path}:{lineno}: 'image' must be a file path")
+        ids.append(item)
+        metas.append({k: v for k, v in rec.items() if k not in ("item", "image")})
+        if image:
+            p = Path(image).expanduser()
+            images.append(p if p.is_absolute() else path.parent / p)
+        else:
+            images.append(None)
     if not ids:
         raise FmrlError(f"{path}: no items")
     return ids, metas, images
