@@ -118,6 +118,8 @@ def register(app: typer.Typer) -> None:
         mask_history: bool = typer.Option(False, "--mask-history", help="Exclude history items from the ranking (not the paper's protocol)."),
         batch_size: int = typer.Option(256, help="Users per evaluation batch."),
         plot: bool = typer.Option(True, help="Write a PNG of metrics against size into the run."),
+        features: Optional[Path] = typer.Option(None, help="Features folder, if it moved since training."),
+        data: Optional[str] = typer.Option(None, help="Data path, if it moved since training."),
     ):
         """Full-ranking evaluation at every granularity (Recall/NDCG/MRR@5,10,20,50)."""
         import time
@@ -132,9 +134,9 @@ def register(app: typer.Typer) -> None:
 
         if split not in ("test", "val"):
             raise FmrlError(f"--split {split!r}: expected test or val")
-        loaded = load_run(run or newest_run())
+        loaded = load_run(run or newest_run(), features)
         recipe = loaded.config["recipe"]
-        dataset = load_dataset(loaded.config["data"]["path"], min_count=recipe["data"]["min_count"])
+        dataset = load_dataset(data or loaded.config["data"]["path"], min_count=recipe["data"]["min_count"])
         if dataset.item_ids != loaded.item_ids:
             raise FmrlError(f"{loaded.path}: the run's items differ from {dataset.source}")
         console = Console()

@@ -71,8 +71,12 @@ def newest_run(root: str | Path = "runs") -> Path:
     return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Rebuild the trained model (eval mode) with its features, item ids and metrics."""
+def load_run(run_dir: str | Path, features_dir: str | Path | None = None) -> Run:
+    """Rebuild the trained model (eval mode) with its features, item ids and metrics.
+
+    features_dir: where the run's content features are now (default: the path recorded at training);
+    `load_features` still checks that they describe exactly the run's items.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FmrlError(f"{run_dir}: run directory not found")
@@ -81,6 +85,8 @@ def load_run(run_dir: str | Path) -> Run:
     config = read_json(run_dir / "config.json")
     item_ids = read_json(run_dir / "items.json")
     cfg = ModelConfig(**{**config["model"], "sizes": tuple(config["model"]["sizes"])})
+    if config.get("features") and features_dir is not None:
+        config["features"] = str(Path(features_dir).resolve())
     features = load_item_features(config["features"], item_ids) if config.get("features") else None
     model = FMRLRec(cfg, features)
     try:
