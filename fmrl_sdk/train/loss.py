@@ -77,18 +77,33 @@ class FusedNestedCrossEntropy(torch.autograd.Function):
         t = hidden.shape[0]
         coef = (grad * weights / t).tolist()
         rows = torch.arange(t, device=hidden.device)
-        g = torch.zeros_like(scores)
-        d_hidden, d_items = torch.empty_like(hidden), torch.empty_like(items)
-        for k in reversed(range(len(bounds))):
-            start, end = bounds[k]
-            torch.sub(scores, lse[k][:, None], out=probs).exp_()
-            g.add_(probs, alpha=coef[k])
+
+        def subtract_onehot(g, k):
             g[rows, labels] -= coef[k]
-            d_hidden[:, start:end] = g @ items[:, start:end]
-            d_items[:, start:end] = g.T @ hidden[:, start:end]
-            if k:
-                scores.addmm_(hidden[:, start:end], items[:, start:end].T, alpha=-1)
+
+        d_hidden, d_items = _walk_sizes_down(scores, probs, lse, coef, bounds, hidden, items, subtract_onehot)
         return d_hidden, d_items, None, None, None
+
+
+def _walk_sizes_down(scores, probs, lse, coef, bounds, hidden, items, adjust=None):
+    """Shared backward of the fused losses, walking sizes K..1 over one [T, N] score buffer.
+
+    G accumulates c_k softmax(S_k) (then `adjust(G, k)`, e.g. minus the one-hot targets); chunk k gets
+    dH_k = G E_k and dE_k = G^T H_k; S_{k-1} is recovered in place as S_k - H_k E_k^T.
+    """
+    g = torch.zeros_like(scores)
+    d_hidden, d_items = torch.empty_like(hidden), torch.empty_like(items)
+    for k in reversed(range(len(bounds))):
+        start, end = bounds[k]
+        torch.sub(scores, lse[k][:, None], out=probs).exp_()
+        g.add_(probs, alpha=coef[k])
+        if adjust is not None:
+            adjust(g, k)
+        d_hidden[:, start:end] = g @ items[:, start:end]
+        d_items[:, start:end] = g.T @ hidden[:, start:end]
+        if k:
+            scores.addmm_(hidden[:, start:end], items[:, start:end].T, alpha=-1)
+    return d_hidden, d_items
 
 
 def _logsumexp_rows(x: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
@@ -246,17 +261,7 @@ class SampledNestedCrossEntropy(torch.autograd.Function):
         del ctx.scores, ctx.work
         bounds = _size_bounds(sizes)
         coef_t = grad * weights / hidden.shape[0]
-        coef = coef_t.tolist()
-        g = torch.zeros_like(scores)
-        d_hidden, d_negatives = torch.empty_like(hidden), torch.empty_like(negatives)
-        for k in reversed(range(len(bounds))):
-            start, end = bounds[k]
-            torch.sub(scores, lse[k][:, None], out=probs).exp_()
-            g.add_(probs, alpha=coef[k])
-            d_hidden[:, start:end] = g @ negatives[:, start:end]
-            d_negatives[:, start:end] = g.T @ hidden[:, start:end]
-            if k:
-                scores.addmm_(hidden[:, start:end], negatives[:, start:end].T, alpha=-1)
+        d_hidden, d_negatives = _walk_sizes_down(scores, probs, lse, coef_t.tolist(), bounds, hidden, negatives)
         # target column: dL/dp_k = c_k (softmax_k(target) - 1); p_k reads dims [0, m_k)
         a = coef_t[:, None] * ((target - lse).exp() - 1)                      # [K, T]
         per_dim = _per_dim(a.flip(0).cumsum(0).flip(0), sizes).T  # [T, d]: sum_{k' >= k} a_k' per dim
