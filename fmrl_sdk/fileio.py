@@ -14,14 +14,16 @@ from typing import Any, Iterator
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
+    """Open a temporary sibling of `path` for writing; it replaces `path` only if the block succeeds,
+    so readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,6 +31,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see atomic_open)."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def read_toml(path: str | Path, kind: str) -> dict:
+    """Parse a TOML file; a missing or malformed file is a one-line FmrlError naming it and its `kind`."""
+    from .errors import FmrlError
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    if not path.is_file():
+        raise FmrlError(f"{path}: {kind} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise FmrlError(f"{path}: invalid TOML ({e})") from None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -15,13 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from ..errors import FmrlError
-from ..fileio import REPO_ROOT
+from ..fileio import REPO_ROOT, read_toml
 
 DEVICES_DIR = REPO_ROOT / "devices"
 PRECISIONS = ("fp32", "int8")
@@ -79,14 +74,7 @@ def parse_profile(raw: dict, source: str) -> Profile:
 
 
 def load_profile_file(path: str | Path) -> Profile:
-    path = Path(path)
-    if not path.is_file():
-        raise FmrlError(f"{path}: profile file not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FmrlError(f"{path}: invalid TOML ({e})") from None
-    return parse_profile(raw, str(path))
+    return parse_profile(read_toml(path, "profile file"), str(path))
 
 
 def builtin_names(devices_dir: Path = DEVICES_DIR) -> list[str]:

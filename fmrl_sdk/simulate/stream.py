@@ -10,13 +10,12 @@ synthetic and strictly increasing (start + 60 s per event).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FmrlError
+from ..fileio import atomic_open
 
 SPLIT_CUT = {"test": 0, "val": 1, "train": 2}
 START_TS = 1_700_000_000
@@ -44,21 +43,12 @@ def write_stream(out: str | Path, user_ids: list[str], item_ids: list[str], sequ
     seqs = split_sequences(sequences, split)
     owners = interleave([len(s) for s in seqs], seed)
     cursor = np.zeros(len(seqs), dtype=np.int64)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for position, owner in enumerate(owners.tolist()):
-                item = int(seqs[owner][cursor[owner]])
-                cursor[owner] += 1
-                f.write(json.dumps({"user": user_ids[owner], "item": item_ids[item - 1],
-                                    "ts": START_TS + STEP_S * position}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out, "w", encoding="utf-8") as f:
+        for position, owner in enumerate(owners.tolist()):
+            item = int(seqs[owner][cursor[owner]])
+            cursor[owner] += 1
+            f.write(json.dumps({"user": user_ids[owner], "item": item_ids[item - 1],
+                                "ts": START_TS + STEP_S * position}) + "\n")
     return {"users": int(sum(1 for s in seqs if len(s))), "events": int(len(owners)), "split": split, "seed": seed}
 
 

@@ -9,12 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from ..errors import FmrlError
+from ..fileio import read_toml
 from ..model.model import DEFAULT_SIZES, ITEM_EMBEDDINGS
 
 
@@ -141,13 +137,7 @@ def _type_ok(default, value) -> bool:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    if not path.exists():
-        raise FmrlError(f"{path}: recipe not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise FmrlError(f"{path}: invalid TOML ({e})") from None
-    recipe = Recipe.from_dict(raw, source=str(path))
+    recipe = Recipe.from_dict(read_toml(path, "recipe"), source=str(path))
     # relative data/feature paths are relative to the recipe file's folder
     for key in ("path", "features"):
         value = getattr(recipe.data, key)
