@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,9 +99,10 @@ def test_recipe_validation(raw, match):
 
 
 def test_shipped_recipes_load():
-    for name in ("demo", "beauty", "sports", "toys", "clothing"):
-        recipe = load_recipe(f"recipes/{name}.toml")
-        assert recipe.train.patience >= 1
+    shipped = sorted(Path("recipes").glob("*.toml"))
+    assert {p.stem for p in shipped} >= {"demo", "beauty", "beauty-hybrid", "sports", "toys", "clothing"}
+    for path in shipped:
+        assert load_recipe(path).train.patience >= 1
     beauty = load_recipe("recipes/beauty.toml")
     assert beauty.model.sizes == [8, 16, 32, 64, 128, 256, 512, 1024]
     assert (beauty.train.lr, beauty.train.batch_size, beauty.model.dropout) == (1e-4, 32, 0.6)

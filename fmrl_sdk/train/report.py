@@ -34,11 +34,13 @@ def plot_metrics(metrics: dict, path: Path, title: str, reference: dict | None =
     for name, style in (("Recall@10", "o-"), ("NDCG@10", "s-")):
         ax.plot(sizes, [metrics[str(s)][name] if str(s) in metrics else metrics[s][name] for s in sizes],
                 style, label=name)
+    ticks = set(sizes)
     if reference:
         ref_sizes = sorted(int(s) for s in reference)
         ax.plot(ref_sizes, [reference[s] for s in ref_sizes], "x--", color="grey", label="paper Recall@10")
+        ticks |= set(ref_sizes)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xticks(sorted(ticks), [str(s) for s in sorted(ticks)])
     ax.set_xlabel("granularity (dims)")
     ax.set_ylabel("metric")
     ax.set_title(title)
