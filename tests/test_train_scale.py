@@ -345,8 +345,11 @@ def interrupt_after_next_epoch(args, history: Path, sig) -> subprocess.Completed
     """Run `fmrl-sdk train ARGS`, send `sig` as soon as history.jsonl gains a line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     lines = history.read_text().count("\n") if history.exists() else 0
+    # a shell's background job (`.ci/run &`) ignores SIGINT, and Python keeps an inherited SIG_IGN: restore
+    # the default so Ctrl-C reaches the child however the test suite was launched
+    restore_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     proc = subprocess.Popen([sys.executable, "-m", "fmrl_sdk.cli", "train", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore_ctrl_c)
     deadline = time.monotonic() + 300
     while not (history.exists() and history.read_text().count("\n") > lines):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
