@@ -428,7 +428,7 @@ def load_run_weights(run_dir, tensors):
     from fmrl_sdk.model.model import FMRLRec, ModelConfig
 
     config = json.loads((run_dir / "config.json").read_text())["model"]
-    model = FMRLRec(ModelConfig(**{**config, "sizes": tuple(config["sizes"])}))
+    model = FMRLRec(ModelConfig(**config))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     return model
 

@@ -9,7 +9,7 @@ size-m_k model. Shapes: B batch, L sequence length, d = m_K hidden size, N items
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -325,7 +325,7 @@ class FMRLRec(nn.Module):
         """The standalone size-`size` model (sizes up to `size`), holding exactly the leading weights."""
         if size not in self.cfg.sizes:
             raise ValueError(f"size {size} was not trained; trained sizes: {list(self.cfg.sizes)}")
-        cfg = ModelConfig(**{**self.cfg.to_dict(), "sizes": tuple(s for s in self.cfg.sizes if s <= size)})
+        cfg = replace(self.cfg, sizes=tuple(s for s in self.cfg.sizes if s <= size))
         small = FMRLRec(cfg, getattr(self, "features", None))
         state = {}
         for name, module in self.named_modules():

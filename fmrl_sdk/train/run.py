@@ -84,7 +84,7 @@ def load_run(run_dir: str | Path, features_dir: str | Path | None = None) -> Run
         raise FmrlError(f"{run_dir}: no checkpoint ({CHECKPOINT}); the run did not finish an epoch")
     config = read_json(run_dir / "config.json")
     item_ids = read_json(run_dir / "items.json")
-    cfg = ModelConfig(**{**config["model"], "sizes": tuple(config["model"]["sizes"])})
+    cfg = ModelConfig(**config["model"])
     if config.get("features") and features_dir is not None:
         config["features"] = str(Path(features_dir).resolve())
     features = load_item_features(config["features"], item_ids) if config.get("features") else None
