@@ -13,7 +13,8 @@ import time
 
 from fmrl_sdk.data.dataset import load_dataset
 from fmrl_sdk.features.sources import resolve_encoder, set_offline
-from fmrl_sdk.features.text import TextEncoder, item_text
+from fmrl_sdk.data.text import item_text
+from fmrl_sdk.features.text import TextEncoder
 
 
 def main() -> None:

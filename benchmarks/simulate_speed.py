@@ -10,11 +10,11 @@ data (speed does not depend on the weights, only on N items, s and blocks), expo
 `fmrl_sdk.deploy.export.export_bundle`, and writes the test-split stream with make-stream's writer.
 
 Measured, alternating `--repeats` times (the machine may be shared: medians are reported):
-  step      the bare ExecuTorch call on prepared tensors, state carried, over the stream's items (p50, mean)
+  step      the bare ExecuTorch call on prepared tensors (the stream's item vectors), state carried (p50, mean)
   simulate  `fmrl-sdk simulate`'s replay loop on the stream's first --events lines (events/s, latency p50)
   engine    the runtime's engine.step (numpy in/out, lock): its p50 minus the bare p50 = wrapper cost
   free      the replay loop with a zero-cost engine: the loop's own cost per event (JSON, sessions, metrics)
-ratio = simulate events/s / (1 / step p50); target >= 0.8. On a loaded machine the step's tail (preemption)
+ratio = simulate events/s / (1 / step p50); target >= 0.9. On a loaded machine the step's tail (preemption)
 inflates the replay's mean but not the step's p50, so the JSON also gives the ratio against the step's mean
 and the contention-free prediction step_p50 / (step_p50 + wrapper + loop). Prints a table, writes JSON.
 """
@@ -64,7 +64,8 @@ def prepare(args) -> list[tuple[Path, Path]]:
         if not args.stream:
             sys.exit("--bundle needs --stream")
         return [(Path(b), Path(args.stream)) for b in args.bundle.split(",")]
-    from fmrl_sdk.simulate.stream import dataset_for_run, write_stream
+    from fmrl_sdk.simulate.stream import write_stream
+    from fmrl_sdk.train.run import load_run_dataset, read_run
 
     work = Path(args.work)
     data = args.data or (str(BEAUTY) if (BEAUTY / "sequential_data.txt").exists() else "demo")
@@ -76,7 +77,7 @@ def prepare(args) -> list[tuple[Path, Path]]:
         build_untrained_run(data, run_dir, tuple(sorted({8, 16, 32, 64, *sizes})))
     stream = Path(args.stream) if args.stream else work / f"{tag}-test.jsonl"
     if not stream.exists():
-        dataset = dataset_for_run(run_dir)
+        dataset = load_run_dataset(read_run(run_dir))
         write_stream(stream, dataset.user_ids, dataset.item_ids, dataset.sequences, "test", seed=0)
     out = []
     for size in sizes:
@@ -117,21 +118,31 @@ def stream_items(rec, stream: Path, limit: int) -> list[int]:
     return items
 
 
+def item_vectors(rec, items: list[int]) -> list[np.ndarray]:
+    """The float32 [s] vector of each internal index, as `Session.observe` feeds it to the program."""
+    ids = rec.item_ids
+    return [rec.item_vector(ids[i - 1]) for i in items]
+
+
 def bare_step(rec, items: list[int]) -> dict:
-    """The ExecuTorch call alone: prepared int64 [1] tensors, the state carried from call to call."""
+    """The ExecuTorch call alone: prepared float32 [1, s] item vectors, the state carried from call to call, on the
+    bundle's program loaded by the runtime's loader (as the engine loads it), without the engine's
+    conversions and lock."""
     import torch
 
-    engine = rec.engine
-    tensors = [torch.tensor([i], dtype=torch.int64) for i in items]
+    from fmrl_sdk.runtime.program import load_program
+
+    call = load_program(rec.bundle.program, rec.bundle.method).execute
+    tensors = [torch.from_numpy(x)[None] for x in item_vectors(rec, items)]
     state = torch.zeros(rec.state_shape, dtype=torch.float32)
     for t in tensors[:200]:  # warm-up
-        engine.raw_call(t, state)
+        call((t, state))
     times = np.empty(len(tensors), dtype=np.int64)
     perf = time.perf_counter_ns
     started = perf()
     for n, t in enumerate(tensors):
         t0 = perf()
-        state = engine.raw_call(t, state)[2]
+        state = call((t, state))[2]
         times[n] = perf() - t0
     wall = (perf() - started) / 1e9
     us = times / 1000.0
@@ -140,14 +151,14 @@ def bare_step(rec, items: list[int]) -> dict:
 
 
 def wrapped_step(rec, items: list[int]) -> dict:
-    """The runtime's engine.step: numpy state in, numpy outputs out, under the engine lock."""
+    """The runtime's engine.step: numpy vector and state in, numpy outputs out, under the engine lock."""
     engine = rec.engine
     state = np.zeros(rec.state_shape, dtype=np.float32)
     times = np.empty(len(items), dtype=np.int64)
     perf = time.perf_counter_ns
-    for n, i in enumerate(items):
+    for n, x in enumerate(item_vectors(rec, items)):
         t0 = perf()
-        state = engine.step(i, state)[2]
+        state = engine.step(x, state)[2]
         times[n] = perf() - t0
     return {"p50_us": float(np.percentile(times / 1000.0, 50))}
 
@@ -156,9 +167,10 @@ class FreeEngine:
     """Returns a fixed output at no cost: the replay loop's own overhead per event."""
 
     def __init__(self, rec):
-        self.out = rec.engine.step(1, np.zeros(rec.state_shape, dtype=np.float32))
+        rows, size = rec.state_shape
+        self.out = rec.engine.step(np.zeros(size, dtype=np.float32), np.zeros((rows, size), dtype=np.float32))
 
-    def step(self, item, state):
+    def step(self, x, state):
         return self.out
 
 

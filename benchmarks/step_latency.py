@@ -1,19 +1,23 @@
 """Per-event latency of the exported recurrent step, against its floors and the recompute baseline.
 
-    python benchmarks/step_latency.py [--run runs/NAME] [--quick] [--json results.json]
-    python benchmarks/step_latency.py --designs onehot,static,dynamic,portable [--sizes 64]
+    python benchmarks/step_latency.py [--run runs/NAME] [--quick] [--sizes 16,64,256] [--json results.json]
+    python benchmarks/step_latency.py --items 12101 --sizes 16,64,256     # catalogue scale, random weights
 
 For every granularity (--quick: two sizes) and precision (fp32, int8), per event, in microseconds:
-  step_p50_us / step_p99_us   the bundle's .pte `forward(item, state)` through the ExecuTorch Python runtime
+  step_p50_us / step_p99_us   the bundle's .pte `forward(x, state)` through the ExecuTorch Python runtime,
+                              x = the item's vector read from the bundle's item table (as the runtime does)
   eager_step_p50_us           the same step model in eager PyTorch
   floor_p50_us                the scoring product alone (hidden [1, s] x table [N, s]^T, same precision)
                               exported with XNNPACK and run the same way: what reading the table costs
   cpu_floor_p50_us            the fastest plain fp32 mat-vec torch does over the same table on this CPU
   window50_p50_us             recomputing from scratch: the parallel size-s model over the last 50 items
                               (+ scores + top-k), the alternative to carrying state
-Targets: step p50 <= 1.5 x floor_p50_us; step >= 5x faster than window50.
+and in bytes: bundle_bytes (the files export writes), table_bytes (the item vectors inside it; int8: + scales),
+weights_fp32_bytes (fp32 item table + block weights), ram_after_load_bytes (the program bytes the runtime
+keeps, which also hold the item vectors, + the RSS growth of loading and running it, in a fresh process).
+Targets: step p50 <= 1.5 x floor_p50_us (fp32 also <= 2 x cpu_floor_p50_us); step >= 5x faster than
+window50; fp32 bundle_bytes <= 1.25 x weights_fp32_bytes.
 
---designs compares the ways of storing the item table (export.TABLE_DESIGNS): .pte bytes and step p50.
 Without --run: the newest run under ./runs (--quick: the newest demo run there, else a demo-shaped model with random weights
 - latency does not depend on the weights' values). XNNPACK threads: --threads (1); eager torch timings
 are the better of 1 and 2 intra-op threads.
@@ -26,26 +30,39 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from latency_tools import (
+    build_floor_program,
+    cpu_floor,
+    time_calls,
+    time_eager_step,
+    time_window,
+)
 
-from fmrl_sdk.deploy.export import (TABLE_DESIGNS, build_floor_program, build_program, load_method, make_step,
-                                    sample_sequences)
-from fmrl_sdk.deploy.measure import (cpu_floor, event_stream, time_calls, time_eager_step, time_step_program,
-                                     time_window)
+from fmrl_sdk.deploy.candidates import json_bytes, probe
+from fmrl_sdk.deploy.export import (
+    block_weight_bytes,
+    build_program,
+    make_step,
+    sample_sequences,
+)
+from fmrl_sdk.deploy.measure import event_stream, time_step_program
+from fmrl_sdk.runtime.program import load_program, set_threads
 
 
 def load_subject(run: str | None, quick: bool):
     """(model, dataset, label)."""
     from fmrl_sdk.data.dataset import load_dataset
     from fmrl_sdk.deploy.export import load_run_and_data
-    from fmrl_sdk.train.run import newest_run
+    from fmrl_sdk.train.run import newest_run, read_run
 
     if run is None and quick:  # the newest demo run, if any
         demo_runs = [p.parent for p in Path("runs").glob("*/model.safetensors")
-                     if json.loads((p.parent / "config.json").read_text()).get("data", {}).get("name") == "demo"]
+                     if read_run(p.parent).config.get("data", {}).get("name") == "demo"]
         run = str(max(demo_runs, key=lambda p: (p / "model.safetensors").stat().st_mtime)) if demo_runs else None
     elif run is None and Path("runs").exists() and any(Path("runs").glob("*/model.safetensors")):
         run = str(newest_run("runs"))
@@ -55,10 +72,9 @@ def load_subject(run: str | None, quick: bool):
     if not quick:
         sys.exit("no run under ./runs: pass --run, or --quick for a demo-shaped model with random weights")
     from fmrl_sdk.model.model import FMRLRec, ModelConfig
-    from fmrl_sdk.train.recipe import load_recipe
-    from fmrl_sdk.train.commands import resolve_recipe
+    from fmrl_sdk.train.recipe import find_recipe, load_recipe
 
-    recipe = load_recipe(resolve_recipe("demo"))
+    recipe = load_recipe(*find_recipe("demo"))
     dataset = load_dataset("demo")
     torch.manual_seed(0)
     cfg = ModelConfig(num_items=dataset.num_items, sizes=tuple(recipe.model.sizes), item_embedding="id",
@@ -66,24 +82,45 @@ def load_subject(run: str | None, quick: bool):
     return FMRLRec(cfg).eval(), dataset, "demo-shaped model, random weights"
 
 
-def bench_size(model, dataset, size: int, precision: str, events: int, design: str) -> dict:
-    step = make_step(model, size, 100, precision, design)
-    pte, reference = build_program(step, precision, design)
-    method = load_method(pte)
+def random_subject(num_items: int, sizes: list[int]):
+    """(model, dataset, label): random weights over `num_items` items (catalogue scale without a trained
+    run: latency does not depend on the weights' values); event streams come from the demo data."""
+    from fmrl_sdk.data.dataset import load_dataset
+    from fmrl_sdk.model.model import FMRLRec, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_items=num_items, sizes=tuple(sizes), item_embedding="id", num_blocks=1)
+    return FMRLRec(cfg).eval(), load_dataset("demo"), f"random weights, {num_items:,} items, 1 block"
+
+
+def bench_size(model, dataset, size: int, precision: str, events: int, tmp: Path) -> dict:
+    step = make_step(model, size, 100, precision)
+    program = build_program(step, precision)
+    method = load_program(program.pte, trusted=True)
     sequences = sample_sequences(dataset, 64)
     items = event_stream(sequences, events)
+    inputs = [torch.from_numpy(program.table.vector(i))[None] for i in items]
     num_state = (2 * step.num_blocks, size)
-    stepped = time_step_program(method, items, num_state)
+    stepped = time_step_program(method, inputs, num_state)
     table = step.scorer.table
-    floor_method = load_method(build_floor_program(table, precision))
+    floor_method = load_program(build_floor_program(table, precision), trusted=True)
     hiddens = [(torch.randn(1, size),) for _ in range(events)]
-    floor = time_calls(lambda h: floor_method.execute([h]), hiddens)
+    floor = time_calls(lambda h: floor_method.execute((h,)), hiddens)
     # eager torch: the better of 1 and 2 intra-op threads (on a loaded 2-core machine torch's parallel
     # regions can wait a whole scheduler quantum for the second thread, even for tiny matrices)
-    eager = best_threads(lambda: time_eager_step(reference, items[: max(200, events // 4)], num_state))
+    eager = best_threads(lambda: time_eager_step(program.reference, inputs[: max(200, events // 4)], num_state))
     cpu = best_threads(lambda: cpu_floor(table, calls=events))
     window = best_threads(lambda: time_window(model, size, sequences, calls=max(100, events // 5)))
-    row = {"size": size, "precision": precision, "num_items": step.num_items, "pte_bytes": len(pte),
+    pte_path = tmp / f"{size}-{precision}.pte"
+    pte_path.write_bytes(program.pte)
+    loaded = probe(pte_path, num_state, torch.cat(inputs[:100]).numpy(), events=100)
+    bundle_bytes = (sum(len(data) for data in program.files.values()) + len(json_bytes(dataset.item_ids))
+                    + len(json_bytes(step.cold_start())))
+    weights = 4 * step.num_items * size + block_weight_bytes(step)
+    row = {"size": size, "precision": precision, "num_items": step.num_items, "pte_bytes": len(program.pte),
+           "item_table_file": program.item_table["file"], "bundle_bytes": bundle_bytes,
+           "table_bytes": program.table_bytes, "weights_fp32_bytes": weights,
+           "ram_after_load_bytes": len(program.pte) + int(loaded["rss_growth_bytes"]),
            "step_p50_us": round(stepped["p50"], 1), "step_p99_us": round(stepped["p99"], 1),
            "eager_step_p50_us": round(eager["p50"], 1), "floor_p50_us": round(floor["p50"], 1),
            "cpu_floor_p50_us": round(cpu["p50"], 1), "cpu_floor_how": cpu["how"],
@@ -91,6 +128,8 @@ def bench_size(model, dataset, size: int, precision: str, events: int, design: s
     row["step_over_floor"] = round(row["step_p50_us"] / row["floor_p50_us"], 2)
     row["step_over_cpu_floor"] = round(row["step_p50_us"] / row["cpu_floor_p50_us"], 2)
     row["window50_over_step"] = round(row["window50_p50_us"] / row["step_p50_us"], 1)
+    row["bundle_over_weights"] = round(bundle_bytes / weights, 3)   # items.json weighs at small sizes
+    row["pte_over_weights"] = round(len(program.pte) / weights, 3)
     return row
 
 
@@ -103,22 +142,6 @@ def best_threads(measure) -> dict:
     return min(results, key=lambda r: r["p50"])
 
 
-def bench_designs(model, dataset, sizes, designs, events: int) -> list[dict]:
-    rows = []
-    sequences = sample_sequences(dataset, 64)
-    items = event_stream(sequences, events)
-    for size in sizes:
-        for design in designs:
-            step = make_step(model, size, 100, "fp32", design)
-            pte, _ = build_program(step, "fp32", design)
-            t = time_step_program(load_method(pte), items, (2 * step.num_blocks, size))
-            rows.append({"size": size, "design": design, "pte_bytes": len(pte),
-                         "table_bytes": 4 * step.num_items * size, "step_p50_us": round(t["p50"], 1),
-                         "step_p99_us": round(t["p99"], 1)})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=None)
@@ -126,16 +149,20 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated sizes (default: every trained size)")
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--events", type=int, default=None, help="timed events per measurement")
-    parser.add_argument("--designs", default=None, help=f"compare table designs: {','.join(TABLE_DESIGNS)}")
     parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--items", type=int, default=None,
+                        help="a random-weight model with this many items (e.g. 12101, the Beauty catalogue) instead of a run")
     parser.add_argument("--threads", type=int, default=1,
                         help="XNNPACK threadpool size for the .pte runs (1, as `profiles` measures: faster here)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from executorch.extension.pybindings import portable_lib
-
-    portable_lib._unsafe_reset_threadpool(args.threads)
-    model, dataset, label = load_subject(args.run, args.quick)
+    set_threads(args.threads)
+    if args.items:
+        if not args.sizes:
+            sys.exit("--items needs --sizes")
+        model, dataset, label = random_subject(args.items, [int(s) for s in args.sizes.split(",")])
+    else:
+        model, dataset, label = load_subject(args.run, args.quick)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(model.cfg.sizes)
     if args.quick and not args.sizes:
         sizes = [sizes[0], sizes[-1]]
@@ -143,24 +170,22 @@ def main() -> None:
     meta = {"subject": label, "xnnpack_threads": args.threads, "num_items": model.cfg.num_items, "machine": platform.platform(),
             "cpus": os.cpu_count(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "load_average": os.getloadavg(), "command": " ".join(sys.argv)}
-    if args.designs:
-        rows = bench_designs(model, dataset, sizes, [d for d in args.designs.split(",") if d != "int8"], events)
-        out = {"meta": meta, "designs": rows}
-    else:
-        rows = []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fmrl-step-latency-") as tmp:
         for size in sizes:
             for precision in args.precisions.split(","):
-                rows.append(bench_size(model, dataset, size, precision, events, "onehot"))
+                rows.append(bench_size(model, dataset, size, precision, events, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
-        print_table(rows, meta)
-        out = {"meta": meta, "results": rows}
+    print_table(rows, meta)
+    out = {"meta": meta, "results": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 def print_table(rows: list[dict], meta: dict) -> None:
     cols = ["size", "precision", "step_p50_us", "step_p99_us", "eager_step_p50_us", "floor_p50_us",
-            "cpu_floor_p50_us", "window50_p50_us", "step_over_floor", "step_over_cpu_floor", "window50_over_step"]
+            "cpu_floor_p50_us", "window50_p50_us", "step_over_floor", "step_over_cpu_floor", "window50_over_step",
+            "bundle_bytes", "bundle_over_weights", "pte_over_weights", "ram_after_load_bytes"]
     print(f"\n{meta['subject']} | {meta['num_items']} items | {meta['machine']} | {meta['cpus']} CPUs | "
           f"load {tuple(round(x, 1) for x in meta['load_average'])} | {meta['date']}")
     print("| " + " | ".join(cols) + " |")

@@ -7,21 +7,103 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (benchmarks only; an install has none)
+
+
+def package_data_dir(name: str) -> Path:
+    """A data folder shipped inside the fmrl_sdk package ("recipes", "devices"), found through
+    importlib.resources so that it works from a wheel install as well as from a checkout."""
+    from importlib.resources import files
+
+    return Path(str(files("fmrl_sdk").joinpath(name)))
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it races other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _mode_like_open(path: Path, base: int = 0o666) -> int:
+    """Permission bits a plain open()/mkdir() would give `path`: an existing file keeps its own, a new
+    one gets `base` less the umask (mkstemp/mkdtemp alone would give 0600/0700)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return base & ~current_umask()
+
+
+def check_outputs_are_not_inputs(outputs: dict, inputs: dict) -> None:
+    """FmrlError when an output path is one of the inputs (same path, through a symbolic link, or a hard
+    link to the same file), before anything is written. outputs/inputs: {label: path or None}, labels
+    as the user knows them (e.g. "--out", "the stream")."""
+    from .errors import FmrlError
+
+    def same(a: Path, b: Path) -> bool:
+        if a.resolve() == b.resolve():
+            return True
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # one of them does not exist yet
+            return False
+
+    for out_label, out in outputs.items():
+        if out is None:
+            continue
+        for in_label, source in inputs.items():
+            if source is not None and same(Path(out), Path(source)):
+                raise FmrlError(f"{out}: {out_label} is {in_label} ({source}); writing it would destroy the "
+                                "input: choose another path")
+
+
+def contained_path(root: str | Path, name, where) -> Path:
+    """`root/name` for a file name read from a manifest, or FmrlError (naming `where`) when `name` is not
+    a plain relative path, when any part of it is a symbolic link, or when it resolves outside `root`.
+    Existence is not checked."""
+    from .errors import FmrlError
+
+    root = Path(root)
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
+        raise FmrlError(f"{where}: file name {str(name)[:80]!r} is not a plain relative path")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise FmrlError(f"{where}: file name {name[:80]!r} points outside {root}")
+    current = root
+    for part in rel.parts:
+        current = current / part
+        if current.is_symlink():
+            raise FmrlError(f"{current}: is a symbolic link; refusing to follow it (files must lie inside {root})")
+    if not current.resolve().is_relative_to(root.resolve()):
+        raise FmrlError(f"{where}: file name {name[:80]!r} points outside {root}")
+    return current
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
     """Open a temporary sibling of `path` for writing; it replaces `path` only if the block succeeds,
-    so readers see either the old file or the whole new one."""
+    so readers see either the old file or the whole new one. The file ends up with the permissions a
+    plain open() would give it (existing file: unchanged; new file: 0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _mode_like_open(path))
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -64,12 +146,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to `final` only if the block succeeds.
 
-    On any exception the temporary directory is removed and `final` is left untouched.
+    On any exception the temporary directory is removed and `final` is left untouched. The directory
+    gets the permissions mkdir() would give it (0777 less the umask; an existing one keeps its own).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     try:
+        tmp.chmod(_mode_like_open(final, 0o777))
         yield tmp
         if final.exists():
             if not overwrite:
@@ -110,7 +194,7 @@ def read_jsonl_objects(path: str | Path):
     """Yield (line number, dict) for each non-blank line of a JSONL file; bad lines are FmrlErrors."""
     from .errors import FmrlError
 
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -118,6 +202,8 @@ def read_jsonl_objects(path: str | Path):
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise FmrlError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            except RecursionError:
+                raise FmrlError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
             if not isinstance(rec, dict):
-                raise FmrlError(f"{path}:{lineno}: expected a JSON object")
+                raise FmrlError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             yield lineno, rec

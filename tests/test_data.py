@@ -127,3 +127,80 @@ def test_empty_after_k_core_and_missing_data(tmp_path):
     bad_header.write_text("who,what\n1,2\n")
     with pytest.raises(FmrlError, match=r"h.csv:1: CSV header needs 'user' and 'item'"):
         load_dataset(bad_header)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the data report tells before training
+
+
+def test_k_core_drops_are_counted_with_their_reason(tmp_path):
+    # u1..u3 see a,b,c; u4 sees a,b only (below k=3 in the file); item d is seen by u1,u2,u4 only, so
+    # it falls below 3 once u4 is gone (a cascade)
+    rows = ["user,item,timestamp"] + [f"{u},{i},{t}" for u in ("u1", "u2", "u3") for t, i in enumerate("abc")]
+    rows += ["u4,a,1", "u4,d,2", "u1,d,9", "u2,d,9"]
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(rows) + "\n")
+    data = load_dataset(path, min_count=3)
+    k = data.report["k_core"]
+    assert data.report["raw"] == {"users": 4, "items": 4, "interactions": 13}
+    assert (k["users_dropped"], k["users_below_k"], k["users_cascade"]) == (1, 1, 0)
+    assert (k["items_dropped"], k["items_below_k"], k["items_cascade"]) == (1, 0, 1)
+    assert k["interactions_dropped"] == 4 and data.num_items == 3
+    # u1 and u2 end on d at t=9, tied with nothing; give u3 a tie on its last two events instead
+    ties = data.report["timestamps"]
+    assert ties == {"users": 3, "test_target_tied": 0, "val_target_tied": 0, "users_with_any_tie": 0}
+    path.write_text("user,item,timestamp\nu,a,1\nu,b,5\nu,c,5\nv,a,1\nv,b,1\nv,c,2\n")
+    ties = load_dataset(path, min_count=1).report["timestamps"]
+    assert ties == {"users": 2, "test_target_tied": 1, "val_target_tied": 1, "users_with_any_tie": 2}
+    path.write_text("user,item\nu,a\nu,b\nu,c\n")
+    assert load_dataset(path, min_count=1).report["timestamps"] is None  # file order, nothing to tie
+
+
+@pytest.mark.parametrize("length,max_len,stride", [(0, 4, 2), (3, 4, 2), (4, 4, 4), (10, 4, 1), (10, 4, 3),
+                                                   (11, 4, 4), (50, 7, 5), (9, 3, 3)])
+def test_training_windows_use_every_target_once(length, max_len, stride):
+    from fmrl_sdk.data.dataset import training_windows
+
+    windows = training_windows(length, max_len, stride)
+    trained = [t for end, lo, hi in windows for t in range(lo, hi)]
+    assert sorted(trained) == list(range(length))  # every target exactly once
+    for end, lo, hi in windows:
+        assert max(0, end - max_len) <= lo <= hi == end  # trained targets are the window's last ones
+    # in the extra windows, each trained target has at least max_len - stride items of context before it
+    # inside its window (all earlier items for targets near the start of the history)
+    for end, lo, hi in windows[1:]:
+        for t in range(lo, hi):
+            context = t - max(0, end - max_len)
+            assert context >= min(t, max_len - stride)
+    assert training_windows(length, max_len, 0) == [(length, max(0, length - max_len), length)]
+
+
+def test_stride_arrays_and_target_usage():
+    from fmrl_sdk.data.dataset import Dataset, target_usage
+
+    seq = np.arange(1, 13)  # 12 items: 10 training targets
+    data = Dataset("t", "t", [seq, np.array([3, 4, 5])], ["u", "v"], [str(i) for i in range(1, 13)])
+    inputs, targets = training_arrays(data, 4)
+    assert targets.tolist() == [[7, 8, 9, 10], [0, 0, 0, 3]] and inputs.tolist() == [[6, 7, 8, 9], [0, 0, 0, 0]]
+    inputs, targets = training_arrays(data, 4, stride=3)
+    assert inputs.tolist() == [[6, 7, 8, 9], [2, 3, 4, 5], [0, 0, 1, 2], [0, 0, 0, 0]]
+    assert targets.tolist() == [[7, 8, 9, 10], [0, 4, 5, 6], [0, 1, 2, 3], [0, 0, 0, 3]]
+    trained = sorted(int(t) for t in targets.ravel() if t)
+    assert trained == sorted(list(range(1, 11)) + [3])  # each target once
+    assert target_usage(data, 4) == {"targets": 11, "used": 5, "rows": 2, "fraction": 0.4545}
+    assert target_usage(data, 4, 3) == {"targets": 11, "used": 11, "rows": 4, "fraction": 1.0}
+
+
+def test_report_line_and_recipe_stride(tmp_path):
+    from fmrl_sdk.data.dataset import report_line
+    from fmrl_sdk.train.recipe import Recipe
+
+    demo = load_dataset("demo")
+    line = report_line(demo, 5)
+    lengths = np.array([len(s) - 2 for s in demo.sequences])
+    used = round(100 * np.minimum(lengths, 5).sum() / lengths.sum())
+    assert line.startswith("data: 2,000 users, 7,374 items, 18,074 interactions;")
+    assert f"max_len 5 trains {used}% of {lengths.sum():,} targets" in line and "k-core" not in line
+    assert "trains 100% of" in report_line(load_dataset("demo"), 5, stride=5)
+    with pytest.raises(FmrlError, match=r"0 <= stride <= max_len"):
+        Recipe.from_dict({"data": {"max_len": 4, "stride": 5}})

@@ -94,9 +94,10 @@ def test_slicing_is_exact_at_every_trained_size(model, sequences):
         for seq in sequences[:4]:
             state_full, state_cut = model.initial_state(), step.initial_state()
             for item in seq:
+                assert torch.equal(step.vector(int(item))[0], table[int(item), :size])   # the input is the row
                 hidden, state_full = model.step(table[int(item)][None], state_full)
                 full_scores = FMRLRec.scores(hidden, table, size)[0]
-                cut_scores, state_cut = step.all_scores(torch.tensor([int(item)]), state_cut)
+                cut_scores, state_cut = step.all_scores(step.vector(int(item)), state_cut)
                 assert (cut_scores - full_scores).abs().max().item() <= 1e-5
         with pytest.raises(ValueError):
             StepModel(model, 12)
@@ -117,7 +118,7 @@ def test_step_equals_parallel_model_at_every_prefix(model, sequences):
 
 @torch.no_grad()
 def test_cold_start_and_block_topk(model):
-    from fmrl_sdk.deploy.step import StepModel, block_topk
+    from fmrl_sdk.deploy.step import StepModel, block_topk, topk_groups
 
     step = StepModel(model, 16, k_max=20)
     cold = step.cold_start()
@@ -125,11 +126,17 @@ def test_cold_start_and_block_topk(model):
     expected = torch.topk(FMRLRec.scores(model.empty_history_hidden(table), table, 16), 20)
     assert cold["indices"] == (expected.indices + 1).tolist()
     assert np.allclose(cold["scores"], expected.values.numpy(), atol=1e-5)
-    for n, k, block in [(1000, 10, 8), (997, 100, 8), (50, 10, 16), (5, 5, 8)]:
+    for n, k, group in [(1000, 10, 8), (997, 100, 8), (12101, 100, 11), (50, 10, 16), (5, 5, 8), (7374, 50, 0)]:
         x = torch.randn(n)
-        values, indices = block_topk(x, k, block)
+        values, indices = block_topk(x[None] if n > 1000 else x, k, group)
         ref = torch.topk(x, k)
         assert torch.equal(values, ref.values) and torch.equal(indices, ref.indices)
+    # ties: the same values, each index once, every index pointing at its value
+    x = torch.round(torch.randn(5000) * 2)
+    values, indices = block_topk(x, 100, topk_groups(5000, 100))
+    assert torch.equal(values, torch.topk(x, 100).values) and torch.equal(x[indices], values)
+    assert len(set(indices.tolist())) == 100
+    assert topk_groups(12101, 100) == 11 and topk_groups(50, 50) == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +249,9 @@ def test_bundle_files_and_manifest(bundle, demo):
 
     out, m = bundle.out, bundle.manifest
     assert sorted(p.name for p in out.iterdir()) == ["cold_start.json", "items.json", "manifest.json", "model.pte"]
+    # the item vectors are the program's own scoring table bytes: stored once
+    assert m["item_table"] == {"file": "model.pte", "offset": m["item_table"]["offset"], "dtype": "float32",
+                               "rows": demo.num_items, "cols": 16, "scales": None}
     assert json.loads((out / "manifest.json").read_text()) == m
     assert m["format_version"] == FORMAT_VERSION and m["executorch_version"] == "1.5.1"
     assert (m["granularity"], m["precision"], m["num_items"], m["k_max"], m["profile"]) == \
@@ -257,23 +267,26 @@ def test_bundle_files_and_manifest(bundle, demo):
 
 @torch.no_grad()
 def test_pte_equals_eager_on_real_sequences(bundle, run_dir, sequences):
-    """The key test: the exported program, run by the ExecuTorch runtime, == eager PyTorch."""
-    from executorch.runtime import Runtime
-
+    """The key test: the exported program, run by the ExecuTorch runtime and fed the item vectors read
+    from the bundle's bytes (as the runtime does), == eager PyTorch == the parallel model at every prefix."""
     from fmrl_sdk.deploy.step import StepModel
+    from fmrl_sdk.runtime.bundle import load_bundle
+    from fmrl_sdk.runtime.program import load_program
     from fmrl_sdk.train.run import load_run
 
     model = load_run(run_dir).model
-    program = Runtime.get().load_program(bundle.out / "model.pte")
-    method = program.load_method("forward")
+    loaded = load_bundle(bundle.out)
+    method = load_program(loaded.program)
     step = StepModel(model, 16, k_max=50)
     table = model.item_table()
+    assert np.array_equal(loaded.item_table.dense(), table[1:, :16].numpy())   # fp32: exactly the rows
     for seq in sequences[:5]:
         state = torch.zeros(2, 16)
         hidden_all = model(torch.as_tensor(seq)[None], table)[0]
         for t, item in enumerate(seq):
-            values, indices, new_state, hidden = method.execute([torch.tensor([int(item)]), state])
-            ref = step(torch.tensor([int(item)]), state)
+            x = torch.from_numpy(loaded.item_table.vector(int(item)))[None]
+            values, indices, new_state, hidden = method.execute((x, state))
+            ref = step(x, state)
             assert torch.equal(indices, ref[1])
             assert (values - ref[0]).abs().max().item() <= 1e-4
             assert (new_state - ref[2]).abs().max().item() <= 1e-5
@@ -287,21 +300,58 @@ def test_pte_equals_eager_on_real_sequences(bundle, run_dir, sequences):
 
 
 def test_table_stored_once(bundle, demo):
-    """The [N, s] fp32 item table appears once in the .pte: the program is smaller than two tables."""
+    """The [N, s] fp32 item table appears once in the bundle (inside the .pte, where the manifest points):
+    the bundle is the table + the block weights + ids, far below two tables."""
+    m = bundle.manifest
     table_bytes = demo.num_items * 16 * 4
-    pte = (bundle.out / "model.pte").stat().st_size
-    assert table_bytes < pte < 1.5 * table_bytes
+    pte = (bundle.out / "model.pte").read_bytes()
+    assert m["sizes"]["table_bytes"] == table_bytes
+    assert pte.count(pte[m["item_table"]["offset"]:m["item_table"]["offset"] + table_bytes]) == 1
+    assert table_bytes < len(pte) < table_bytes + 2 * m["sizes"]["block_weight_bytes_fp32"] + 100_000
+
+
+def test_item_table_not_found_once_goes_to_its_own_file():
+    """The fallback: vectors whose bytes are not in the program exactly once get a separate file."""
+    from fmrl_sdk.deploy.export import (
+        PROGRAM_FILE,
+        SEPARATE_TABLE_FILE,
+        locate_item_table,
+    )
+    from fmrl_sdk.runtime.bundle import read_item_table
+
+    rows = np.arange(12, dtype=np.int8).reshape(4, 3)
+    scales = np.array([0.5, 1.0, 2.0, 4.0], dtype=np.float32)
+    inside = b"head" + rows.tobytes() + b"mid" + scales.tobytes()
+    entry, files = locate_item_table(inside, rows, scales)
+    assert (entry["file"], entry["offset"], entry["scales"]["offset"]) == (PROGRAM_FILE, 4, 19)
+    table = read_item_table(entry, files, 4, 3, "test")
+    assert np.array_equal(table.dense(), rows.astype(np.float32) * scales[:, None])
+    twice = inside + rows.tobytes()
+    entry, files = locate_item_table(twice, rows, scales)
+    assert entry["file"] == SEPARATE_TABLE_FILE and set(files) == {PROGRAM_FILE, SEPARATE_TABLE_FILE}
+    assert np.array_equal(read_item_table(entry, files, 4, 3, "test").vector(2), rows[1] * np.float32(1.0))
 
 
 def test_int8_export_reports_overlap(run_dir, tmp_path):
     from fmrl_sdk.deploy.export import export_bundle
+    from fmrl_sdk.deploy.step import StepModel
+    from fmrl_sdk.runtime.bundle import load_bundle
+    from fmrl_sdk.train.run import load_run
 
     result = export_bundle(run_dir, tmp_path / "int8", size=8, profile="wearable", quantize="int8",
                            k_max=20, verify_sequences=3, quality_users=100)
     m, q = result.manifest, result.report["int8"]
+    # the int8 lookup reads the program's own int8 scoring weight and per-row scales: no second table
+    table = m["item_table"]
+    assert (table["file"], table["dtype"], table["scales"]["file"]) == ("model.pte", "int8", "model.pte")
+    assert m["sizes"]["table_bytes"] == m["num_items"] * (8 + 4)
+    vectors = load_bundle(result.out).item_table
+    assert vectors.rows.dtype == np.int8 and vectors.scales.shape == (m["num_items"],)
+    fp32_rows = StepModel(load_run(run_dir).model, 8).scorer.table.numpy()   # each vector is its row, quantised
+    assert (np.abs(vectors.dense() - fp32_rows) <= vectors.scales[:, None] / 2 + 1e-7).all()
     assert m["precision"] == "int8" and m["verification"]["against"] == "quantised eager graph"
     assert m["verification"]["top10_overlap"] >= 0.95
-    assert q["int8_bytes"] < 0.85 * q["fp32_bytes"] and q["size_change"] < -0.15   # per-item scales weigh at s = 8
+    assert q["int8_bytes"] < 0.7 * q["fp32_bytes"] and q["size_change"] < -0.3   # per-item scales weigh at s = 8
     assert 0.0 <= q["top10_overlap_with_fp32"] <= 1.0 and q["val_users"] == 100
     assert math.isfinite(q["val_NDCG@10_change"])
     assert m["quantization"] == q
@@ -314,7 +364,6 @@ def test_int8_export_reports_overlap(run_dir, tmp_path):
 def _seed_cache(run_dir):
     """deploy_cache.json as `measure` writes it, with made-up costs (the measuring itself is slow)."""
     from fmrl_sdk.deploy.candidates import CACHE_FILE, cache_key
-    from fmrl_sdk.deploy.export import DEFAULT_DESIGN
     from fmrl_sdk.train.run import load_run
 
     run = load_run(run_dir)
@@ -327,7 +376,7 @@ def _seed_cache(run_dir):
                 "runtime_bytes": 500_000, "step_p50_us": 40.0 + size, "step_p99_us": 90.0,
                 **({"int8_ndcg10_change": -0.001} if precision == "int8" else {})}
     (Path(run_dir) / CACHE_FILE).write_text(json.dumps(
-        {"key": cache_key(run, 100, DEFAULT_DESIGN), "entries": entries, "baseline_rss_bytes": 0}))
+        {"key": cache_key(run, 100), "entries": entries, "baseline_rss_bytes": 0}))
 
 
 def test_profiles_command_json(run_dir):
@@ -360,6 +409,7 @@ def test_bad_input_is_one_line_error_and_nothing_written(run_dir, tmp_path, demo
     no_ckpt = tmp_path / "runs" / "empty"
     no_ckpt.mkdir(parents=True)
     (no_ckpt / "config.json").write_text("{}")
+    (no_ckpt / "items.json").write_text(json.dumps(demo.item_ids))
     cases = [
         (["export", "--profile", "toaster", "--run", str(run_dir), "--out", str(out)], "unknown profile 'toaster'"),
         (["export", "--profile", str(bad_profile), "--run", str(run_dir), "--out", str(out)], "unknown field 'speed'"),
@@ -396,12 +446,14 @@ def test_failed_verification_writes_nothing(run_dir, tmp_path, monkeypatch):
 def test_measured_bundle_bytes_are_the_real_bundle(bundle, run_dir, demo):
     """`profiles` sizes candidates from the bytes export really writes (and caches them in the run)."""
     from fmrl_sdk.deploy.candidates import CACHE_FILE, measure
+    from fmrl_sdk.runtime.recommender import session_bytes
     from fmrl_sdk.train.run import load_run
 
     run = load_run(run_dir)
     (cand,) = measure(run, demo, ("fp32",), k_max=50, sizes=[16], refresh=True, events=50)
     assert cand.bundle_bytes == bundle.manifest["sizes"]["bundle_bytes"]
-    assert cand.state_bytes == bundle.manifest["sizes"]["state_bytes"]
+    rows, size = bundle.manifest["state"]["shape"]
+    assert cand.state_bytes == session_bytes(rows, size, 50)   # what one saved user session takes
     assert cand.step_p50_us > 0 and cand.runtime_bytes >= 0 and cand.val_ndcg10 == pytest.approx(0.02)
     cache = json.loads((Path(run_dir) / CACHE_FILE).read_text())
     assert cache["key"]["k_max"] == 50 and "16/fp32" in cache["entries"]

@@ -30,7 +30,9 @@ from fmrl_sdk.errors import FmrlError  # noqa: E402
 from fmrl_sdk.features import item_text, load_features  # noqa: E402
 from fmrl_sdk.features import sources  # noqa: E402
 from fmrl_sdk.features.images import ImageEncoder, build_image_map, open_image  # noqa: E402
-from fmrl_sdk.features.pipeline import featurize, item_vectors, read_item_vectors  # noqa: E402
+from fmrl_sdk.features.pipeline import featurize  # noqa: E402
+from fmrl_sdk.runtime.vectors import read_item_vectors  # noqa: E402
+from fmrl_sdk.train.vectors import item_vectors  # noqa: E402
 from fmrl_sdk.features.sources import resolve_encoder  # noqa: E402
 from fmrl_sdk.features.text import TextEncoder, detect_pooling  # noqa: E402
 
@@ -55,11 +57,13 @@ def save_tiny_bert(folder: Path, pooling: str | None = None) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ",", ".", "-", "&"] + WORDS
     vocab += [str(d) for d in range(10)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab += ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)] + ["##" + str(d) for d in range(10)]
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    vocab = list(dict.fromkeys(vocab))
+    # the vocabulary as a dict: transformers 5 ignores `vocab_file=` (every token would be [UNK])
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    assert "[UNK]" not in tokenizer.tokenize(f"Title: {WORDS[0]} 12, {WORDS[-1]}")
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=32, num_hidden_layers=2,
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     BertModel(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -139,7 +143,7 @@ def test_item_text_paper_template():
 
 
 def test_template_errors():
-    from fmrl_sdk.features.text import parse_template
+    from fmrl_sdk.data.text import parse_template
 
     assert parse_template("Name: {title}\\nBy: {brand}") == "Name: {title}\nBy: {brand}"
     with pytest.raises(FmrlError, match="placeholder"):
@@ -535,9 +539,7 @@ def test_item_vectors_with_a_run(tmp_path, bge_dir, clip_dir, demo, monkeypatch)
     feats, manifest = load_features(fdir, ids)
     model = FakeModel(feats.shape[1], 16)
     run = types.SimpleNamespace(model=model, config={"features": str(fdir), "model": {"sizes": [4, 8, 16]}})
-    fake = types.ModuleType("fmrl_sdk.train.run")
-    fake.load_run = lambda path: run
-    monkeypatch.setitem(sys.modules, "fmrl_sdk.train.run", fake)
+    monkeypatch.setattr("fmrl_sdk.train.vectors.load_run", lambda path: run)
 
     items = tmp_path / "new_items.jsonl"
     lines = [dict(demo.item_meta[0], item="NEW-1", image=f"img/{mapping[ids[0]]}"),  # same content as item 0
@@ -569,9 +571,7 @@ def test_item_vectors_refuses_a_changed_encoder(tmp_path, st_dir, demo, monkeypa
     fdir = tmp_path / "feats"
     featurize("demo", fdir, text_encoder=str(enc_dir), limit_items=4, console=quiet())
     run = types.SimpleNamespace(model=FakeModel(32, 8), config={"features": str(fdir), "model": {"sizes": [8]}})
-    fake = types.ModuleType("fmrl_sdk.train.run")
-    fake.load_run = lambda path: run
-    monkeypatch.setitem(sys.modules, "fmrl_sdk.train.run", fake)
+    monkeypatch.setattr("fmrl_sdk.train.vectors.load_run", lambda path: run)
     items = tmp_path / "new.jsonl"
     items.write_text('{"item": "n1", "title": "red nail polish"}\n')
     item_vectors(tmp_path / "run", items, 8, tmp_path / "ok.safetensors", console=quiet())

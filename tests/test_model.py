@@ -136,3 +136,21 @@ def test_config_validation():
         ModelConfig(num_items=3, sizes=(8, 8))
     with pytest.raises(ValueError):
         ModelConfig(num_items=3, sizes=(8,), item_embedding="content", feature_dim=0)
+
+
+def test_config_of_an_older_sdk_with_extra_still_loads():
+    """config.json files written before ModelConfig.extra was removed carry "extra": {}."""
+    old = {**ModelConfig(num_items=5, sizes=(8, 16), item_embedding="id").to_dict(), "extra": {}}
+    cfg = ModelConfig.from_dict(old)
+    assert cfg == ModelConfig(num_items=5, sizes=(8, 16), item_embedding="id") and "extra" not in cfg.to_dict()
+    with pytest.raises(TypeError):
+        ModelConfig.from_dict({**old, "sizez": [8]})
+
+
+@pytest.mark.parametrize("item_embedding", ["content", "id", "hybrid"])
+def test_item_table_rows_equal_the_full_table(item_embedding):
+    model = make_model(item_embedding)
+    rows = torch.tensor([0, 3, 17, model.cfg.num_items])
+    with torch.no_grad():
+        assert torch.allclose(model.item_table(rows), model.item_table()[rows], rtol=1e-6, atol=1e-7)
+

@@ -30,7 +30,7 @@ def test_beauty_json_is_the_committed_runs_test_metrics():
 def test_committed_checkpoint_loads_into_the_configured_model():
     """Strict load: every tensor of the checkpoint has the shape config.json's model gives it."""
     config = json.loads((RUN / "config.json").read_text())
-    cfg = ModelConfig(**config["model"])
+    cfg = ModelConfig.from_dict(config["model"])
     features = torch.zeros(cfg.num_items + 1, cfg.feature_dim) if cfg.item_embedding != "id" else None
     model = FMRLRec(cfg, features)
     model.load_state_dict(load_file(str(RUN / "model.safetensors")))

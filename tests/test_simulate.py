@@ -231,6 +231,6 @@ def test_online_last_event_equals_offline_eval(tmp_path, art, rec, dataset):
         online = report["online_last_event"]
         assert online[f"HitRate@{k}"] == pytest.approx(offline[f"Recall@{k}"], abs=1e-9)
         assert online[f"NDCG@{k}"] == pytest.approx(offline[f"NDCG@{k}"], abs=1e-6)
-        hits = np.array([replay.users[u][2] for u in subset.user_ids])
+        hits = np.array([replay.users[u].last_hit for u in subset.user_ids])
         np.testing.assert_array_equal(hits, (ranks < k).astype(float))
         assert hits.sum() > 0

@@ -57,6 +57,48 @@ def test_reloaded_run_reproduces_its_metrics(tiny_run):
             assert abs(again[size][name] - value) < 1e-9, (size, name)
 
 
+def test_read_run_is_the_one_reading_of_a_run_directory(tiny_run, tmp_path):
+    from fmrl_sdk.train.run import load_run_dataset, read_run
+
+    run_dir, _ = tiny_run
+    info = read_run(run_dir)
+    assert info.finished is True and info.has_checkpoint   # train() marks the state finished
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (info.data_path, info.min_count, info.max_len, info.items, info.features) == (
+        config["data"]["path"], 5, 20, None, None)
+    assert load_run_dataset(info).item_ids == info.item_ids == load_run(run_dir).item_ids
+    # an interrupted run (state without the finished flag), a run without training state, a moved one
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "items.json", "model.safetensors"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    assert read_run(copy).finished is None
+    state = json.loads((run_dir / "train_state.json").read_text())
+    (copy / "train_state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "finished"}))
+    assert read_run(copy).finished is False
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "feats").mkdir()
+    config["features"] = "feats"   # relative, not found from the cwd: found next to the run
+    del config["data"]["path"]
+    (copy / "config.json").write_text(json.dumps(config))
+    assert read_run(copy).features == copy / "feats"
+    with pytest.raises(FmrlError, match="no data.path"):
+        load_run_dataset(read_run(copy))
+    with pytest.raises(FmrlError, match="not a run directory"):
+        read_run(tmp_path)
+    # a catalogue recorded at training time that has moved: content users are told, id-only users go on
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("config.json", "items.json"):
+        (moved / name).write_bytes((run_dir / name).read_bytes())
+    config = json.loads((moved / "config.json").read_text())
+    config["recipe"]["data"]["items"] = str(tmp_path / "gone.jsonl")
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FmrlError, match="gone.jsonl"):
+        load_run_dataset(read_run(moved))
+    assert load_run_dataset(read_run(moved), with_catalogue=False).item_ids == info.item_ids
+
+
 def test_metrics_from_ranks():
     m = rank_metrics(torch.tensor([0, 4, 9, 60]), ks=(10,))
     assert m["Recall@10"].tolist() == [1, 1, 1, 0]

@@ -19,9 +19,10 @@ from fmrl_sdk.data.dataset import training_arrays
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.train import checkpoint
 from fmrl_sdk.train.loss import (ChunkedNestedCrossEntropy, FusedNestedCrossEntropy, NegativeSampler, Objective,
-                                 item_rows, sampled_nested_cross_entropy, size_weights)
+                                 sampled_nested_cross_entropy, size_weights)
 from fmrl_sdk.train.recipe import Recipe
 from fmrl_sdk.train.trainer import prepare, train
+from tests.conftest import write_small_interactions
 from tests.test_model import make_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +45,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> str:
     """300 users, 120 items, learnable: each next item is 1-3 items after the previous one."""
-    rng = np.random.default_rng(0)
-    lines = ["user,item,timestamp"]
-    for user in range(300):
-        item = int(rng.integers(120))
-        for ts in range(int(rng.integers(6, 16))):
-            lines.append(f"u{user},i{item},{ts}")
-            item = (item + int(rng.integers(1, 4))) % 120
-    path = tmp_path_factory.mktemp("data") / "small.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return str(write_small_interactions(tmp_path_factory.mktemp("data") / "small.csv"))
 
 
 def small(data: str, **train) -> dict:
@@ -163,7 +155,7 @@ def test_sampled_loss_with_every_item_drawn_once_uniformly_is_the_full_loss(demo
     for name, grad in full[1].items():
         assert rel(sampled[1][name], grad) <= 1e-5, name
     rows = torch.tensor([0, 5, 17, n])
-    assert torch.allclose(item_rows(model, rows), model.item_table()[rows])
+    assert torch.allclose(model.item_table(rows), model.item_table()[rows])
 
 
 def straightforward_sampled_loss(hidden, labels, positives, negative_ids, negatives, log_q, sizes, weights):

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from ..fileio import read_jsonl_objects
+from .catalogue import Catalogue, read_catalogue
 
 DEMO_DATA_DIR = Path(__file__).resolve().parent / "demo"
 SPLITS = ("train", "val", "test")
@@ -30,7 +31,11 @@ class Dataset:
 
     sequences: one int64 array per user, internal item indices in time order.
     user_ids / item_ids: external ids (strings), item_ids[i - 1] for internal index i.
-    item_meta: per item (same order as item_ids) a dict with optional title, brand, categories, price.
+    item_meta: per item (same order as item_ids) every field of its metadata (P5 meta or --items catalogue).
+    report: what the reader found and dropped (see `data_report`): raw counts, k-core drops, timestamp ties,
+      catalogue alignment.
+    catalogue: the --items catalogue, if one was given.
+    file_item_ids: every item of the interactions file, before k-core filtering (None: same as item_ids).
     """
 
     name: str
@@ -39,6 +44,9 @@ class Dataset:
     user_ids: list[str]
     item_ids: list[str]
     item_meta: list[dict] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+    catalogue: Catalogue | None = None
+    file_item_ids: list[str] | None = None
 
     @property
     def num_items(self) -> int:
@@ -76,25 +84,89 @@ def left_pad(seqs: list[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
-def training_arrays(dataset: Dataset, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Next-item training pairs, each [users, max_len], left-padded.
+def training_windows(length: int, max_len: int, stride: int = 0) -> list[tuple[int, int, int]]:
+    """Windows (end, new_from, new_to) over a history of `length` targets, latest first.
+
+    A window holds targets [end - max_len, end) and trains those in [new_from, new_to), always its last
+    ones. stride 0: one window, the last max_len targets (the paper). 0 < stride <= max_len: then, going
+    back, one window per `stride` earlier targets, each ending at the first target already trained, until
+    the first target is reached. Every target is trained exactly once; in the extra windows each has at least
+    max_len - stride items of context (all earlier items for targets near the start).
+    """
+    windows = [(length, max(0, length - max_len), length)]
+    to = windows[0][1]
+    while stride and to > 0:
+        start = max(0, to - stride) if to > max_len else 0
+        windows.append((to, start, to))
+        to = start
+    return windows
+
+
+def training_arrays(dataset: Dataset, max_len: int, stride: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Next-item training pairs, each [rows, max_len], left-padded; one row per window (see training_windows).
 
     For a training sequence s, inputs are [0, s_0, ..., s_{n-2}] and targets [s_0, ..., s_{n-1}], both
-    cut to the last max_len: the first target is predicted from an empty history (a learned prior),
-    as in the reference implementation.
+    cut to a window of max_len: the first target is predicted from an empty history (a learned prior),
+    as in the reference implementation. Targets another window already trains are 0 (no loss).
     """
-    starts = [np.concatenate([[0], s]) for s in dataset.train_sequences()]
-    inputs = left_pad([t[:-1] for t in starts], max_len)
-    targets = left_pad([t[1:] for t in starts], max_len)
-    return inputs, targets
+    inputs, targets = [], []
+    for s in dataset.train_sequences():
+        padded = np.concatenate([[0], s])
+        for end, new_from, new_to in training_windows(len(s), max_len, stride):
+            window_targets = padded[1:end + 1].copy()
+            window_targets[:new_from] = 0
+            window_targets[new_to:] = 0
+            inputs.append(padded[:end])
+            targets.append(window_targets)
+    return left_pad(inputs, max_len), left_pad(targets, max_len)
+
+
+def target_usage(dataset: Dataset, max_len: int, stride: int = 0) -> dict:
+    """How many training targets an epoch uses with this max_len/stride: {"targets", "used", "rows", "fraction"}."""
+    lengths = [max(0, len(s) - 2) for s in dataset.sequences]
+    total = sum(lengths)
+    windows = [training_windows(n, max_len, stride) for n in lengths]
+    used = sum(new_to - new_from for w in windows for _, new_from, new_to in w)
+    return {"targets": total, "used": used, "rows": sum(len(w) for w in windows),
+            "fraction": round(used / total, 4) if total else 1.0}
 
 
 # ----------------------------------------------------------------------------------------------
 # Readers
 
 
-def load_dataset(path: str | Path, min_count: int = 5) -> Dataset:
-    """Read a P5 Amazon folder, or a CSV/JSONL interactions file (k-core filtered). 'demo' = packaged set."""
+def load_dataset(path: str | Path, min_count: int = 5, items: str | Path | None = None,
+                 strict: bool = False) -> Dataset:
+    """Read a P5 Amazon folder, or a CSV/JSONL interactions file (k-core filtered). 'demo' = packaged set.
+
+    items: a catalogue file (JSONL/CSV keyed by item, see catalogue.py) that replaces the items' metadata;
+    its alignment with the data is counted in `report["catalogue"]` (strict: items without a row are an error).
+    """
+    path = _data_path(path)
+    if path.is_dir():
+        dataset = read_p5_folder(path)
+    else:
+        dataset = read_interactions(path, min_count=min_count)
+    return _with_catalogue(dataset, items, strict)
+
+
+def load_items(path: str | Path, items: str | Path | None = None, strict: bool = False) -> Dataset:
+    """Every item of the data, before any k-core filtering (what `featurize` embeds), without sequences.
+
+    Features keyed by these ids stay valid for every [data] min_count.
+    """
+    path = _data_path(path)
+    if path.is_dir():
+        dataset = read_p5_folder(path)
+    else:
+        rows = read_interaction_rows(path)
+        dataset = Dataset(name=path.stem, source=str(path.resolve()), sequences=[], user_ids=[],
+                          item_ids=sorted({r[1] for r in rows}))
+        dataset.item_meta = [{} for _ in dataset.item_ids]
+    return _with_catalogue(dataset, items, strict)
+
+
+def _data_path(path: str | Path) -> Path:
     if str(path) == "demo":
         path = DEMO_DATA_DIR
     path = Path(path)
@@ -103,14 +175,31 @@ def load_dataset(path: str | Path, min_count: int = 5) -> Dataset:
     if path.is_dir():
         if not (path / "sequential_data.txt").exists():
             raise FmrlError(f"{path}: not a P5 data folder (no sequential_data.txt)")
-        return read_p5_folder(path)
-    if path.suffix.lower() in (".csv", ".jsonl", ".json"):
-        return read_interactions(path, min_count=min_count)
-    raise FmrlError(f"{path}: unknown data format (expected a P5 folder, .csv or .jsonl)")
+    elif path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise FmrlError(f"{path}: unknown data format (expected a P5 folder, .csv or .jsonl)")
+    return path
+
+
+def _with_catalogue(dataset: Dataset, items: str | Path | None, strict: bool) -> Dataset:
+    if items is None or str(items) == "":
+        return dataset
+    catalogue = read_catalogue(items)
+    alignment = catalogue.align(dataset.item_ids, dataset.file_item_ids)
+    if strict and alignment["missing"]:
+        raise FmrlError(f"{catalogue.path}: {alignment['missing']} of {alignment['items']} items of the data have "
+                        f"no row (first: {alignment['first_missing']!r}); --strict needs every item")
+    dataset.item_meta = [catalogue.rows.get(item, {}) for item in dataset.item_ids]
+    dataset.catalogue = catalogue
+    dataset.report["catalogue"] = alignment
+    return dataset
 
 
 def read_p5_folder(folder: Path) -> Dataset:
-    """P5 layout: sequential_data.txt ('user item item ...'), datamaps.json (id2item), meta.json(.gz)."""
+    """P5 layout: sequential_data.txt ('user item item ...'), datamaps.json (id2item), meta.json(.gz).
+
+    datamaps.json and meta.json are optional: without them items are named by their numbers and have
+    no metadata (train with item_embedding = "id", or give a catalogue with --items).
+    """
     maps_path = folder / "datamaps.json"
     id2item: dict[str, str] = {}
     id2user: dict[str, str] = {}
@@ -146,8 +235,13 @@ def read_p5_folder(folder: Path) -> Dataset:
     item_ids = [id2item.get(str(i), str(i)) for i in range(1, num_items + 1)]
     meta_by_asin = _read_meta(folder)
     item_meta = [meta_by_asin.get(a, {}) for a in item_ids]
+    n = sum(len(s) for s in sequences)
+    report = {"raw": {"users": len(sequences), "items": num_items, "interactions": n},
+              "k_core": None, "timestamps": None,
+              "metadata": {"items_with_metadata": sum(bool(m) for m in item_meta),
+                           "source": "meta.json" if meta_by_asin else None}}
     return Dataset(name=folder.name, source=str(folder.resolve()), sequences=sequences,
-                   user_ids=users, item_ids=item_ids, item_meta=item_meta)
+                   user_ids=users, item_ids=item_ids, item_meta=item_meta, report=report)
 
 
 def _read_json_file(path: Path):
@@ -155,10 +249,15 @@ def _read_json_file(path: Path):
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise FmrlError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (RecursionError, ValueError):  # nesting too deep, not UTF-8, an integer too long
+        raise FmrlError(f"{path}: invalid JSON (nested too deeply, not UTF-8 or a number too long)") from None
 
 
 def _read_meta(folder: Path) -> dict[str, dict]:
-    """meta.json[.gz]: one item per line, JSON or a Python dict literal (parsed with ast.literal_eval)."""
+    """meta.json[.gz]: one item per line, JSON or a Python dict literal (parsed with ast.literal_eval).
+
+    Every field is kept (asin included), so any of them can be used in a text template.
+    """
     for name in ("meta.json.gz", "meta.json", "meta.jsonl"):
         path = folder / name
         if path.exists():
@@ -174,26 +273,25 @@ def _read_meta(folder: Path) -> dict[str, dict]:
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # also nesting too deep for the parser
                 try:
                     rec = ast.literal_eval(line)
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
                     raise FmrlError(f"{path}:{lineno}: neither JSON nor a Python dict literal") from None
             if not isinstance(rec, dict) or "asin" not in rec:
                 raise FmrlError(f"{path}:{lineno}: expected an object with an 'asin' key")
-            out[str(rec["asin"])] = {k: rec[k] for k in ("title", "brand", "categories", "price") if k in rec}
+            out[str(rec["asin"])] = rec
     return out
 
 
-def read_interactions(path: Path, min_count: int = 5) -> Dataset:
-    """CSV (header with user,item[,timestamp]) or JSONL ({"user", "item", "timestamp"|"ts"}) interactions.
+Row = tuple  # (user, item, timestamp, file order)
 
-    Rows are ordered by timestamp per user (file order breaks ties), then filtered to the k-core
-    (every user and item with at least `min_count` interactions, repeated until stable).
-    """
-    rows: list[tuple[str, str, float, int]] = []
+
+def read_interaction_rows(path: Path) -> list[Row]:
+    """CSV (header with user,item[,timestamp]) or JSONL ({"user", "item", "timestamp"|"ts"}) rows, file order."""
+    rows: list[Row] = []
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = set(reader.fieldnames or [])
             if not {"user", "item"} <= fields:
@@ -205,40 +303,121 @@ def read_interactions(path: Path, min_count: int = 5) -> Dataset:
             rows.append(_interaction(path, lineno, rec, len(rows)))
     if not rows:
         raise FmrlError(f"{path}: no interactions")
-    rows = _k_core(rows, min_count)
+    return rows
+
+
+def read_interactions(path: Path, min_count: int = 5) -> Dataset:
+    """CSV/JSONL interactions (see read_interaction_rows), ordered and filtered.
+
+    Rows are ordered by timestamp per user (file order breaks ties), then filtered to the k-core
+    (every user and item with at least `min_count` interactions, repeated until stable). What the filter
+    dropped and how many users' last events share a timestamp are recorded in `report`.
+    """
+    raw = read_interaction_rows(path)
+    has_time = any(r[4] for r in raw)
+    rows, k_core = _k_core(raw, min_count)
     if not rows:
         raise FmrlError(f"{path}: no interactions left after {min_count}-core filtering")
     rows.sort(key=lambda r: (r[0], r[2], r[3]))
     item_ids = sorted({r[1] for r in rows})
     index = {item: i + 1 for i, item in enumerate(item_ids)}
     users: dict[str, list[int]] = {}
-    for user, item, _, _ in rows:
+    times: dict[str, list[float]] = {}
+    for user, item, ts, _, _ in rows:
         users.setdefault(user, []).append(index[item])
+        times.setdefault(user, []).append(ts)
     user_ids = list(users)
     sequences = [np.asarray(users[u], dtype=np.int64) for u in user_ids]
     if min(len(s) for s in sequences) < 3:
         raise FmrlError(f"{path}: some users have fewer than 3 interactions; use min_count >= 3")
-    return Dataset(name=path.stem, source=str(path.resolve()), sequences=sequences,
-                   user_ids=user_ids, item_ids=item_ids, item_meta=[{} for _ in item_ids])
+    report = {"raw": {"users": len({r[0] for r in raw}), "items": len({r[1] for r in raw}),
+                      "interactions": len(raw)},
+              "k_core": k_core,
+              "timestamps": _ties([times[u] for u in user_ids]) if has_time else None,
+              "metadata": {"items_with_metadata": 0, "source": None}}
+    return Dataset(name=path.stem, source=str(path.resolve()), sequences=sequences, user_ids=user_ids,
+                   item_ids=item_ids, item_meta=[{} for _ in item_ids], report=report,
+                   file_item_ids=sorted({r[1] for r in raw}))
 
 
-def _interaction(path: Path, lineno: int, rec: dict, order: int) -> tuple[str, str, float, int]:
+def _interaction(path: Path, lineno: int, rec: dict, order: int) -> Row:
     for key in ("user", "item"):
         if rec.get(key) in (None, ""):
             raise FmrlError(f"{path}:{lineno}: missing '{key}'")
-    ts = rec.get("timestamp", rec.get("ts", order))
+    ts = rec.get("timestamp", rec.get("ts"))
+    given = ts not in (None, "")
     try:
-        ts = float(ts) if ts not in (None, "") else float(order)
+        ts = float(ts) if given else float(order)
     except (TypeError, ValueError):
         raise FmrlError(f"{path}:{lineno}: timestamp {ts!r} is not a number") from None
-    return str(rec["user"]), str(rec["item"]), ts, order
+    return str(rec["user"]), str(rec["item"]), ts, order, given
 
 
-def _k_core(rows: list, k: int) -> list:
+def _k_core(rows: list[Row], k: int) -> tuple[list[Row], dict]:
+    """Rows of the k-core, and what was dropped: users/items below k in the file itself ("direct") and
+    those that fell below k only after other rows were removed ("cascade")."""
+    users = Counter(r[0] for r in rows)
+    items = Counter(r[1] for r in rows)
+    direct_users = sum(c < k for c in users.values())
+    direct_items = sum(c < k for c in items.values())
+    rounds, kept = 0, rows
     while True:
-        users = Counter(r[0] for r in rows)
-        items = Counter(r[1] for r in rows)
-        kept = [r for r in rows if users[r[0]] >= k and items[r[1]] >= k]
-        if len(kept) == len(rows):
-            return kept
-        rows = kept
+        users = Counter(r[0] for r in kept)
+        items = Counter(r[1] for r in kept)
+        keep = [r for r in kept if users[r[0]] >= k and items[r[1]] >= k]
+        if len(keep) == len(kept):
+            break
+        kept, rounds = keep, rounds + 1
+    users_left = len({r[0] for r in kept})
+    items_left = len({r[1] for r in kept})
+    raw_users, raw_items = len({r[0] for r in rows}), len({r[1] for r in rows})
+    return kept, {
+        "min_count": k, "rounds": rounds, "interactions_dropped": len(rows) - len(kept),
+        "users_dropped": raw_users - users_left, "items_dropped": raw_items - items_left,
+        "users_below_k": direct_users, "items_below_k": direct_items,
+        "users_cascade": raw_users - users_left - direct_users, "items_cascade": raw_items - items_left - direct_items}
+
+
+def _ties(times: list[list[float]]) -> dict:
+    """Users whose test (last) or validation (second to last) event shares its timestamp with the event
+    before it: file order then decides which item is the target."""
+    test = sum(len(t) >= 2 and t[-1] == t[-2] for t in times)
+    val = sum(len(t) >= 3 and t[-2] == t[-3] for t in times)
+    any_tie = sum(len(set(t)) < len(t) for t in times)
+    return {"users": len(times), "test_target_tied": test, "val_target_tied": val, "users_with_any_tie": any_tie}
+
+
+def data_report(dataset: Dataset, max_len: int, stride: int = 0) -> dict:
+    """Everything a user should check before training: counts, drops, ties, catalogue, target usage."""
+    return {"name": dataset.name, "source": dataset.source, **dataset.stats(), **dataset.report,
+            "max_len": max_len, "stride": stride, "training_targets": target_usage(dataset, max_len, stride)}
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def report_line(dataset: Dataset, max_len: int, stride: int = 0) -> str:
+    """The data report in one line (printed by `train`; `fmrl-sdk data inspect` shows it in full)."""
+    stats, r = dataset.stats(), dataset.report
+    parts = [f"{stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions"]
+    k = r.get("k_core")
+    if k:
+        raw = r["raw"]
+        parts.append(f"{k['min_count']}-core dropped {k['users_dropped']:,} users "
+                     f"({_pct(k['users_dropped'], raw['users'])}), {k['items_dropped']:,} items "
+                     f"({_pct(k['items_dropped'], raw['items'])})")
+    ties = r.get("timestamps")
+    if ties:
+        parts.append(f"{_pct(ties['test_target_tied'], ties['users'])} of users' test targets tie in time "
+                     "(file order decides)")
+    usage = target_usage(dataset, max_len, stride)
+    parts.append(f"max_len {max_len}{f' stride {stride}' if stride else ''} trains "
+                 f"{_pct(usage['used'], usage['targets'])} of {usage['targets']:,} targets")
+    cat = r.get("catalogue")
+    if cat:
+        parts.append(f"catalogue covers {cat['matched']:,}/{cat['items']:,} items"
+                     + (f", {cat['unknown']:,} rows for items not in the data ignored" if cat["unknown"] else ""))
+    elif not any(dataset.item_meta):
+        parts.append("no item metadata")
+    return "data: " + "; ".join(parts)

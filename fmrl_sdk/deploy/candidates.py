@@ -7,8 +7,8 @@ when loading and running it (XNNPACK's packed weights, planned buffers), measure
 that of a trivial one-weight XNNPACK program. int8 quality = the fp32 validation NDCG@10 of
 metrics.json plus the int8 - fp32 difference measured on real validation users through both .pte files.
 
-The cache is keyed by the checkpoint's sha256, k_max, the table design and the SDK/ExecuTorch versions;
-any change re-measures. Latencies depend on the machine's load: `fmrl-sdk profiles --remeasure`.
+The cache is keyed by the checkpoint's sha256, k_max, the step graph's version and the SDK/ExecuTorch
+versions; any change re-measures. Latencies depend on the machine's load: `fmrl-sdk profiles --remeasure`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 from .. import __version__
 from ..errors import FmrlError
 from ..fileio import atomic_write_json, sha256_file
+from ..runtime.recommender import session_bytes
 from .profiles import Candidate
 
 CACHE_FILE = "deploy_cache.json"
@@ -38,21 +39,24 @@ def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
 
-def cache_key(run, k_max: int, design: str) -> dict:
+def cache_key(run, k_max: int) -> dict:
     import executorch.version
 
-    from .probe import REFERENCE_THREADS
+    from .probe import PROBE_VERSION, REFERENCE_THREADS
     from .step import STEP_VERSION
 
     return {"checkpoint_sha256": sha256_file(Path(run.path) / "model.safetensors"), "k_max": k_max,
-            "design": design, "step_version": STEP_VERSION, "threads": REFERENCE_THREADS, "sdk_version": __version__,
+            "step_version": STEP_VERSION, "probe_version": PROBE_VERSION,
+            "threads": REFERENCE_THREADS, "sdk_version": __version__,
             "executorch_version": executorch.version.__version__.split("+")[0]}
 
 
-def probe(pte_path: Path, num_state: tuple, items: list[int], events: int = 400) -> dict:
-    """Run probe.py in a fresh interpreter; its JSON result."""
+def probe(pte_path: Path, num_state: tuple, vectors: np.ndarray, events: int = 400) -> dict:
+    """Run probe.py in a fresh interpreter on the item vectors [n, s] (the inputs, in turn); its JSON result."""
+    vectors_path = pte_path.with_suffix(".inputs.npy")
+    np.save(vectors_path, np.ascontiguousarray(vectors, dtype=np.float32))
     cmd = [sys.executable, "-m", "fmrl_sdk.deploy.probe", str(pte_path), str(num_state[0]), str(num_state[1]),
-           ",".join(map(str, items)), str(events)]
+           str(vectors_path), str(events)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -73,27 +77,28 @@ def baseline_rss(tmp: Path) -> int:
             super().__init__()
             self.w = torch.nn.Parameter(torch.ones(1, 1), requires_grad=False)
 
-        def forward(self, item, state):
-            return state[0], item, torch.nn.functional.linear(state, self.w), state[0]
+        def forward(self, x, state):
+            return state[0], x[0], torch.nn.functional.linear(state, self.w), state[0]
 
     path = tmp / "trivial.pte"
-    path.write_bytes(lower(Trivial(), (torch.tensor([1]), torch.zeros(1, 1)), "static"))
-    return int(probe(path, (1, 1), [1], events=50)["rss_growth_bytes"])
+    path.write_bytes(lower(Trivial(), (torch.zeros(1, 1), torch.zeros(1, 1))))
+    return int(probe(path, (1, 1), np.ones((1, 1)), events=50)["rss_growth_bytes"])
 
 
-def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, design: str | None = None,
-            refresh: bool = False, log=None, sizes=None, events: int = 400) -> list[Candidate]:
-    """Candidates for every trained size (or `sizes`) x precision, from the cache or measured now."""
+def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh: bool = False, log=None,
+            sizes=None, events: int = 400, progress=None) -> list[Candidate]:
+    """Candidates for every trained size (or `sizes`) x precision, from the cache or measured now.
+    progress(done, total, label) is called before each measurement and once at the end."""
     import torch
 
-    from .export import (DEFAULT_DESIGN, build_program, load_method, make_step, ndcg_at_10,
-                         sample_sequences)
+    from ..runtime.program import load_program
+    from .export import Stepper, build_program, make_step, ndcg_at_10, sample_sequences
     from .measure import event_stream
 
-    design = design or DEFAULT_DESIGN
     log = log or (lambda msg: None)
+    progress = progress or (lambda done, total, label: None)
     path = Path(run.path) / CACHE_FILE
-    key = cache_key(run, k_max, design)
+    key = cache_key(run, k_max)
     cache = {}
     if path.exists() and not refresh:
         try:
@@ -113,28 +118,34 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, design:
         stream = event_stream(sequences, 400)
         rng = np.random.default_rng(1)
         users = sorted(rng.permutation(dataset.num_users)[:QUALITY_USERS].tolist())
-        max_len = run.config.get("recipe", {}).get("data", {}).get("max_len", 50)
+        max_len = run.info.max_len
         with tempfile.TemporaryDirectory(prefix="fmrl-candidates-") as tmp:
             tmp = Path(tmp)
             if "baseline_rss_bytes" not in cache or refresh:
                 cache["baseline_rss_bytes"] = baseline_rss(tmp)
+            # an int8 candidate also builds its fp32 twin (the quality reference) when that is cached
+            total = len(missing) + sum(p == "int8" and (s, "fp32") not in missing for s, p in missing)
+            done = 0
             for size in sorted({s for s, _ in missing}):
                 fp32_method = None
                 for precision in ("fp32", "int8"):
                     if (size, precision) not in missing and not (precision == "fp32" and (size, "int8") in missing):
                         continue
                     log(f"measuring size {size} {precision}")
-                    step = make_step(run.model, size, k_max, precision, design)
-                    pte, _ = build_program(step, precision, design)
+                    progress(done, total, f"size {size} {precision}")
+                    step = make_step(run.model, size, k_max, precision)
+                    program = build_program(step, precision)
                     pte_path = tmp / f"{size}-{precision}.pte"
-                    pte_path.write_bytes(pte)
+                    pte_path.write_bytes(program.pte)
                     num_state = (2 * step.num_blocks, size)
-                    probed = probe(pte_path, num_state, stream, events)
-                    method = load_method(pte)
+                    vectors = np.stack([program.table.vector(i) for i in stream])
+                    probed = probe(pte_path, num_state, vectors, events)
+                    method = Stepper(load_program(program.pte, trusted=True), program.table)
+                    program_bytes = sum(len(data) for data in program.files.values())
                     entry = {
-                        "size": size, "precision": precision, "pte_bytes": len(pte),
-                        "bundle_bytes": len(pte) + items_bytes + len(json_bytes(step.cold_start())),
-                        "state_bytes": 4 * num_state[0] * num_state[1],
+                        "size": size, "precision": precision, "pte_bytes": len(program.pte),
+                        "bundle_bytes": program_bytes + items_bytes + len(json_bytes(step.cold_start())),
+                        "state_bytes": session_bytes(num_state[0], size, k_max),
                         "runtime_bytes": max(0, int(probed["rss_growth_bytes"]) - cache["baseline_rss_bytes"]),
                         "step_p50_us": round(probed["step_p50_us"], 2),
                         "step_p99_us": round(probed["step_p99_us"], 2),
@@ -147,6 +158,8 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, design:
                         entry["int8_ndcg10_change"] = round(n_int8 - n_fp32, 6)
                         entry["int8_quality_users"] = len(users)
                     entries[f"{size}/{precision}"] = entry
+                    done += 1
+            progress(done, total, "done")
             cache["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                                 "cpus": os.cpu_count(), "measured": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             atomic_write_json(path, cache)

@@ -1,20 +1,21 @@
-"""Export one granularity of a trained run to an ExecuTorch bundle (docs/bundle-format.md).
+"""Export one granularity of a trained run to an ExecuTorch bundle (docs/bundle-format.md, format 2).
 
 Pipeline: StepModel (step.py) -> torch.export(strict=False) -> [int8: pt2e dynamic per-channel
-quantisation] -> to_edge_transform_and_lower(XNNPACK) -> .pte -> run the .pte with the ExecuTorch
-runtime on real user sequences and compare with eager -> write the bundle atomically.
+quantisation] -> to_edge_transform_and_lower(XNNPACK) -> .pte -> locate the item table's bytes in the
+.pte -> run the .pte with the ExecuTorch runtime on real user sequences, each event's item vector read
+through the manifest's `item_table` exactly as the runtime reads it, and compare with eager -> write the
+bundle atomically.
 
-The item table design (docs/deploy.md, "Item table: stored once"): the item lookup and the scoring
-product read the same [N, s] table. A lookup as an embedding runs as a portable kernel outside the
-XNNPACK delegate, so with the scoring linear inside it the .pte carries the table twice (program constant
-+ delegate blob). The default ("onehot") does the lookup as one-hot(item) @ table inside the delegate:
-both products use the one static table, which XNNPACK serializes once. `TABLE_DESIGNS` lists the
-variants measured.
+The item table is stored once (docs/deploy.md, "Item table: stored once"): the program takes the observed
+item's vector as input and reads the [N, s] table only in its scoring product, whose weight XNNPACK
+serializes as is (fp32: the row-major [N, s] float32 table; int8: the [N, s] int8 weight and its N
+per-row float32 scales). `locate_item_table` finds those bytes in the .pte (exactly once, else a
+separate `item_table.bin` holds them) and the manifest records where, so the runtime reads item i's
+vector straight from the program file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,22 +28,15 @@ import torch
 from .. import __version__
 from ..errors import FmrlError
 from ..fileio import atomic_directory, atomic_write_json, sha256_file
-from .step import ScoreOnly, StepModel
+from ..runtime.bundle import ItemTable, read_item_table
+from ..runtime.program import load_program
+from .step import StepModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "int8")
-# How the [N, s] item table reaches the item lookup and the scoring linear (docs/deploy.md has the
-# measured sizes and latencies). fp32 bundles use DEFAULT_DESIGN; int8 bundles always use "int8".
-TABLE_DESIGNS = {
-    "onehot": "lookup = one-hot(item) @ table inside the delegate; the delegate's one static table serves "
-              "lookup and scoring: stored once",
-    "static": "lookup = embedding (portable kernel) + scoring in the delegate: stored twice",
-    "dynamic": "lookup = embedding; the table is passed to the delegate's linear as a runtime input "
-               "(XNNPACK repacks it every call): stored once",
-    "portable": "lookup = embedding; scoring linear left to the ExecuTorch CPU kernel: stored once",
-    "int8": "int8 scoring in the delegate + lookup (embedding) from a per-item int8 copy: 2 bytes/entry",
-}
-DEFAULT_DESIGN = "onehot"
+PROGRAM_FILE = "model.pte"
+# holds the item vectors only when their bytes cannot be located exactly once in the program
+SEPARATE_TABLE_FILE = "item_table.bin"
 # .pte vs eager: fp32 absolute score difference; int8 (vs the quantised eager graph) relative difference
 # and mean top-10 overlap (see verification_passed)
 VERIFY_TOLERANCE = {"fp32": 1e-4, "int8_rel": 2e-2, "int8_overlap": 0.95}
@@ -54,51 +48,21 @@ VERIFY_MAX_LEN = 50
 # Lowering
 
 
-def _partitioner(design: str):
-    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
-    from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-    if design not in ("dynamic", "portable"):
-        return XnnpackPartitioner()
-
-    class TableLinearConfig(LinearConfig):
-        """The table's linear: not delegated ("portable"), or delegated with the table as an input."""
-
-        def check_constraints(self, node, ep) -> bool:
-            if design == "portable" and _reads_table(node):
-                return False
-            return super().check_constraints(node, ep)
-
-        def _get_weight_deps(self, node, ep, precision):
-            if _reads_table(node) and precision.name == "FP32":
-                return True, []   # leave the table outside the partition: it becomes a delegate input
-            return super()._get_weight_deps(node, ep, precision)
-
-    configs = [TableLinearConfig if c is LinearConfig else c for c in ALL_PARTITIONER_CONFIGS]
-    return XnnpackPartitioner(configs=configs)
-
-
-def _reads_table(node) -> bool:
-    weight = node.args[1] if len(node.args) > 1 else None
-    return getattr(weight, "name", "").endswith("scorer_table") or "scorer.table" in str(
-        getattr(weight, "target", ""))
-
-
-def lower(module: torch.nn.Module, example_args: tuple, design: str = DEFAULT_DESIGN) -> bytes:
+def lower(module: torch.nn.Module, example_args: tuple) -> bytes:
     """torch.export -> XNNPACK-lowered ExecuTorch program bytes (`module` may be a quantised graph)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    if design not in TABLE_DESIGNS:
-        raise FmrlError(f"unknown table design {design!r} (known: {', '.join(TABLE_DESIGNS)})")
     exported = torch.export.export(module, example_args, strict=False)
     # keep aten.linear whole even where it is not delegated (decomposed, it copies its weight per call)
     config = EdgeCompileConfig(_check_ir_validity=False, preserve_ops=[torch.ops.aten.linear.default])
-    edge = to_edge_transform_and_lower(exported, partitioner=[_partitioner(design)], compile_config=config)
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], compile_config=config)
     return edge.to_executorch().buffer
 
 
-def quantize_step(step: StepModel, example_args: tuple):
+def quantize_step(step: torch.nn.Module, example_args: tuple):
     """int8 dynamic per-channel quantisation of every linear except the chunk-LayerNorm averaging
     products (quantising those would quantise the statistics). Returns the quantised eager graph."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -118,67 +82,107 @@ def quantize_step(step: StepModel, example_args: tuple):
     return convert_pt2e(prepared)
 
 
-def lookup_for(precision: str, design: str) -> str:
-    if precision == "int8":
-        return "int8"
-    return "onehot" if design == "onehot" else "embedding"
-
-
-def make_step(model, size: int, k_max: int = 100, precision: str = "fp32", design: str = DEFAULT_DESIGN,
+def make_step(model, size: int, k_max: int = 100, precision: str = "fp32",
               table: torch.Tensor | None = None) -> StepModel:
     if precision not in PRECISIONS:
         raise FmrlError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
-    if design not in TABLE_DESIGNS:
-        raise FmrlError(f"unknown table design {design!r} (known: {', '.join(TABLE_DESIGNS)})")
-    return StepModel(model, size, k_max=k_max, table=table, lookup=lookup_for(precision, design))
+    return StepModel(model, size, k_max=k_max, table=table)
 
 
-def build_program(step: StepModel, precision: str = "fp32", design: str = DEFAULT_DESIGN):
-    """(pte bytes, eager reference with the same forward): for int8 the quantised eager graph."""
-    args = (torch.tensor([1]), step.initial_state())
+@dataclass
+class Program:
+    """A lowered step program and everything the bundle needs to feed it."""
+
+    pte: bytes
+    reference: torch.nn.Module        # eager module with the same forward (int8: the quantised graph)
+    item_table: dict                  # the manifest's "item_table" entry
+    files: dict                       # bundle file name -> bytes: the program, + SEPARATE_TABLE_FILE if used
+    table: ItemTable                  # the item vectors as the runtime reads them (views into `files`)
+
+    @property
+    def table_bytes(self) -> int:
+        """Bytes of the item vectors (int8: + their scales) inside the bundle."""
+        return self.table.nbytes
+
+
+def build_program(step: StepModel, precision: str = "fp32") -> Program:
+    """Lower the step (int8: quantise first) and locate its item table in the program bytes."""
+    args = step.example_inputs()
     reference = step if precision == "fp32" else quantize_step(step, args)
-    return lower(reference, args, "int8" if precision == "int8" else design), reference
+    pte = lower(reference, args)
+    if precision == "fp32":
+        rows, scales = step.scorer.table.numpy().astype("<f4"), None
+    else:
+        rows, scales = quantised_table(reference, step.num_items)
+    entry, files = locate_item_table(pte, rows, scales)
+    table = read_item_table(entry, files, step.num_items, step.size, "the exported program")
+    return Program(pte, reference, entry, files, table)
 
 
-def build_floor_program(table: torch.Tensor, precision: str = "fp32") -> bytes:
-    """The scoring product alone (hidden [1, s] @ table^T), lowered the same way (benchmark floor)."""
-    module = ScoreOnly(table)
-    args = (torch.zeros(1, table.shape[1]),)
-    if precision == "int8":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+def quantised_table(graph, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight [N, s], per-row float32 scales [N]) of the scoring linear of a quantised graph: the
+    per-channel weight with N rows (no other weight of the step has as many rows as there are items)."""
+    found = []
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and "dequantize_per_channel" in str(node.target):
+            weight, scales = (getattr(graph, arg.target) for arg in node.args[:2])
+            if weight.dtype == torch.int8 and weight.shape[0] == num_items:
+                zero = getattr(graph, node.args[2].target)
+                if node.args[3] != 0 or bool(zero.any()):
+                    raise FmrlError("the quantised scoring weight is not symmetric per row")
+                found.append((weight.numpy(), scales.numpy().astype("<f4")))
+    if len(found) != 1:
+        raise FmrlError(f"expected one int8 scoring weight with {num_items} rows in the quantised step, "
+                        f"found {len(found)}")
+    return found[0]
 
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                     is_dynamic=True))
-        prepared = prepare_pt2e(torch.export.export(module, args, strict=False).module(), quantizer)
-        prepared(*args)
-        module = convert_pt2e(prepared)
-    return lower(module, args, "static")
+
+def _occurrences(haystack: bytes, needle: bytes) -> list[int]:
+    found, at = [], haystack.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = haystack.find(needle, at + 1)
+    return found
+
+
+def locate_item_table(pte: bytes, rows: np.ndarray, scales: np.ndarray | None) -> tuple[dict, dict]:
+    """(manifest "item_table" entry, bundle files {name: bytes}) for item vectors `rows` [N, s]
+    (float32, or int8 with per-row `scales` [N]). The vectors point into the program's own bytes when
+    those bytes occur there exactly once (XNNPACK serializes the scoring weight as is); otherwise they
+    go to SEPARATE_TABLE_FILE (the table is then stored twice: correct, but a bigger bundle)."""
+    dtype = "float32" if scales is None else "int8"
+    data = np.ascontiguousarray(rows).tobytes()
+    scale_bytes = None if scales is None else np.ascontiguousarray(scales, dtype="<f4").tobytes()
+    hits = _occurrences(pte, data)
+    scale_hits = [] if scale_bytes is None else _occurrences(pte, scale_bytes)
+    files = {PROGRAM_FILE: pte}
+    entry = {"file": PROGRAM_FILE, "offset": hits[0] if hits else 0, "dtype": dtype,
+             "rows": int(rows.shape[0]), "cols": int(rows.shape[1]), "scales": None}
+    if len(hits) == 1 and (scale_bytes is None or len(scale_hits) == 1):
+        if scale_bytes is not None:
+            entry["scales"] = {"file": PROGRAM_FILE, "offset": scale_hits[0], "dtype": "float32"}
+        return entry, files
+    files[SEPARATE_TABLE_FILE] = data + (scale_bytes or b"")
+    entry.update(file=SEPARATE_TABLE_FILE, offset=0)
+    if scale_bytes is not None:
+        entry["scales"] = {"file": SEPARATE_TABLE_FILE, "offset": len(data), "dtype": "float32"}
+    return entry, files
 
 
 # ----------------------------------------------------------------------------------------------
 # Running and verifying
 
 
-class LoadedMethod:
-    """The `forward` method of a loaded program. Holds the program: a Method whose Program has been
-    garbage-collected points at freed memory (a segmentation fault, not an exception)."""
+class Stepper:
+    """A step program fed by item index: each event's vector is read from `table` as the runtime reads
+    it, then `run` (a loaded program, or an eager module) takes (x [1, s], state)."""
 
-    def __init__(self, pte: bytes | str | Path):
-        from executorch.runtime import Runtime
+    def __init__(self, run, table: ItemTable):
+        self.run, self.table = run, table
 
-        self.program = Runtime.get().load_program(pte if isinstance(pte, bytes) else Path(pte))
-        self.method = self.program.load_method("forward")
-
-    def execute(self, inputs):
-        return self.method.execute(inputs)
-
-
-def load_method(pte: bytes | str | Path) -> LoadedMethod:
-    return LoadedMethod(pte)
+    def __call__(self, item: int, state: torch.Tensor):
+        x = torch.from_numpy(self.table.vector(int(item)))[None]
+        return self.run.execute((x, state)) if hasattr(self.run, "execute") else self.run(x, state)
 
 
 def sample_sequences(dataset, count: int = VERIFY_SEQUENCES, max_len: int = VERIFY_MAX_LEN,
@@ -190,16 +194,17 @@ def sample_sequences(dataset, count: int = VERIFY_SEQUENCES, max_len: int = VERI
 
 
 @torch.no_grad()
-def verify_program(method, reference, sequences, num_state: tuple) -> dict:
-    """Stream every sequence through the .pte and the eager reference; compare scores and ids per event."""
+def verify_program(program: Stepper, reference: Stepper, sequences, num_state: tuple) -> dict:
+    """Stream every sequence through the .pte and the eager reference (both fed the vectors the runtime
+    reads); compare scores, hidden, state and ids per event."""
     max_diff = max_rel = state_diff = 0.0
     topk_equal, events, overlap = True, 0, 0.0
     for seq in sequences:
         state_pte = state_ref = torch.zeros(*num_state)
         for item in seq:
-            item_t = torch.tensor([int(item)])
-            values, indices, state_pte, hidden = method.execute([item_t, state_pte])
-            ref_values, ref_indices, state_ref, ref_hidden = reference(item_t, state_ref)
+            values, indices, state_pte, hidden = program(item, state_pte)
+            ref_values, ref_indices, state_ref, ref_hidden = reference(item, state_ref)
+            indices = indices.to(torch.int64)
             diff = max((values - ref_values).abs().max().item(), (hidden - ref_hidden).abs().max().item())
             max_diff = max(max_diff, diff)
             max_rel = max(max_rel, diff / max(ref_values.abs().max().item(), 1e-12))
@@ -225,26 +230,21 @@ def verification_passed(precision: str, v: dict) -> bool:
 
 
 @torch.no_grad()
-def topk_overlap(method_a, method_b, sequences, num_state: tuple, k: int = 10) -> float:
-    """Mean |top-k(a) & top-k(b)| / k over every event of the sequences (two callables or methods)."""
+def topk_overlap(step_a: Stepper, step_b: Stepper, sequences, num_state: tuple, k: int = 10) -> float:
+    """Mean |top-k(a) & top-k(b)| / k over every event of the sequences."""
     total, events = 0.0, 0
     for seq in sequences:
         sa = sb = torch.zeros(*num_state)
         for item in seq:
-            item_t = torch.tensor([int(item)])
-            _, ia, sa, _ = _call(method_a, item_t, sa)
-            _, ib, sb, _ = _call(method_b, item_t, sb)
+            _, ia, sa, _ = step_a(item, sa)
+            _, ib, sb, _ = step_b(item, sb)
             total += len(set(ia[:k].tolist()) & set(ib[:k].tolist())) / k
             events += 1
     return total / max(1, events)
 
 
-def _call(fn, item, state):
-    return fn.execute([item, state]) if hasattr(fn, "execute") else fn(item, state)
-
-
 @torch.no_grad()
-def ndcg_at_10(step_fn, dataset, num_state: tuple, max_len: int, users: list[int]) -> float:
+def ndcg_at_10(step: Stepper, dataset, num_state: tuple, max_len: int, users: list[int]) -> float:
     """Validation NDCG@10 of a step program over `users`, streaming each history (full ranking over the
     k_max >= 10 returned ids: a target outside the top 10 scores 0 whatever k_max is)."""
     histories, targets = dataset.history_and_target("val")
@@ -253,11 +253,27 @@ def ndcg_at_10(step_fn, dataset, num_state: tuple, max_len: int, users: list[int
         state = torch.zeros(*num_state)
         indices = None
         for item in histories[u][-max_len:]:
-            _, indices, state, _ = _call(step_fn, torch.tensor([int(item)]), state)
-        top = indices[:10].tolist()
+            _, indices, state, _ = step(item, state)
+        top = [int(i) for i in indices[:10].tolist()]
         if int(targets[u]) in top:
             total += 1.0 / np.log2(top.index(int(targets[u])) + 2)
     return total / max(1, len(users))
+
+
+def int8_quality(run, dataset, size: int, k_max: int, int8: Stepper, sequences, num_state: tuple,
+                 users: list[int], int8_bytes: int) -> dict:
+    """What int8 costs against fp32 (the manifest's `quantization`): bundle program bytes, mean top-10
+    overlap on the verification sequences, validation NDCG@10 of both .pte files on `users`."""
+    fp32 = build_program(make_step(run.model, size, k_max, "fp32"), "fp32")
+    fp32_step = Stepper(load_program(fp32.pte, trusted=True), fp32.table)
+    ndcg_fp32 = ndcg_at_10(fp32_step, dataset, num_state, run.info.max_len, users)
+    ndcg_int8 = ndcg_at_10(int8, dataset, num_state, run.info.max_len, users)
+    return {"fp32_bytes": len(fp32.pte), "int8_bytes": int8_bytes,
+            "size_change": round(int8_bytes / len(fp32.pte) - 1, 4),
+            "top10_overlap_with_fp32": round(topk_overlap(int8, fp32_step, sequences, num_state), 4),
+            "val_users": len(users), "val_NDCG@10_fp32": round(float(ndcg_fp32), 5),
+            "val_NDCG@10_int8": round(float(ndcg_int8), 5),
+            "val_NDCG@10_change": round(float(ndcg_int8 - ndcg_fp32), 5)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,17 +288,12 @@ class ExportResult:
 
 
 def load_run_and_data(run_dir):
-    """(Run, Dataset) with the dataset the run was trained on (needed for real verification sequences)."""
-    from ..data.dataset import load_dataset
-    from ..train.run import load_run
+    """(Run, Dataset): the trained model and the dataset it was trained on (for real verification
+    sequences), both through train.run (`read_run` / `load_run_dataset`: no fallback dataset)."""
+    from ..train.run import load_run, load_run_dataset
 
     run = load_run(run_dir)
-    data = run.config.get("data", {})
-    min_count = run.config.get("recipe", {}).get("data", {}).get("min_count", 5)
-    dataset = load_dataset(data.get("path", "demo"), min_count=min_count)
-    if dataset.item_ids != run.item_ids:
-        raise FmrlError(f"{run.path}: the run's items differ from its dataset {dataset.source}")
-    return run, dataset
+    return run, load_run_dataset(run.info, with_catalogue=False)
 
 
 def check_size(run, size: int) -> None:
@@ -300,9 +311,8 @@ def _metrics_at(run, size: int) -> dict:
 
 
 def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize: str | None = None,
-                  k_max: int = 100, design: str = DEFAULT_DESIGN, overwrite: bool = True,
-                  verify_sequences: int = VERIFY_SEQUENCES, quality_users: int = 500,
-                  log=None, run=None, dataset=None) -> ExportResult:
+                  k_max: int = 100, overwrite: bool = True, verify_sequences: int = VERIFY_SEQUENCES,
+                  quality_users: int = 500, log=None, run=None, dataset=None) -> ExportResult:
     """Export granularity `size` of the run in `run_dir` to the bundle folder `out_dir`.
 
     The .pte is run on real sequences before anything is written; a mismatch with eager raises
@@ -318,43 +328,38 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
         run, dataset = load_run_and_data(run_dir)
     check_size(run, size)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    step = make_step(run.model, size, k_max, precision, design)
+    step = make_step(run.model, size, k_max, precision)
     num_state = (2 * step.num_blocks, size)
     started = time.perf_counter()
     log(f"exporting size {size} ({precision}, {dataset.num_items} items, k_max {step.k_max})")
-    pte, reference = build_program(step, precision, design)
-    method = load_method(pte)
+    program = build_program(step, precision)
+    if SEPARATE_TABLE_FILE in program.files:
+        log(f"the item table's bytes were not found exactly once in the program: {SEPARATE_TABLE_FILE} "
+            f"holds a copy ({program.table_bytes:,} bytes)")
+    loaded = Stepper(load_program(program.pte, trusted=True), program.table)
     sequences = sample_sequences(dataset, verify_sequences)
-    verification = verify_program(method, reference, sequences, num_state)
+    verification = verify_program(loaded, Stepper(program.reference, program.table), sequences, num_state)
     if not verification_passed(precision, verification):
         raise FmrlError(f"size {size} {precision}: the .pte disagrees with eager on real sequences "
                         f"(max |diff| {verification['max_abs_diff']:.2e}, top-k equal {verification['topk_equal']}, "
                         f"top-10 overlap {verification['top10_overlap']:.3f}); no bundle written")
     report = {"seconds_export": round(time.perf_counter() - started, 2), "verification": verification}
     if precision == "int8":
-        fp32_step = make_step(run.model, size, k_max, "fp32", design)
-        fp32_pte, _ = build_program(fp32_step, "fp32", design)
-        fp32_method = load_method(fp32_pte)
         users = sorted(np.random.default_rng(1).permutation(dataset.num_users)[:quality_users].tolist())
-        max_len = run.config.get("recipe", {}).get("data", {}).get("max_len", VERIFY_MAX_LEN)
-        ndcg_fp32 = ndcg_at_10(fp32_method, dataset, num_state, max_len, users)
-        ndcg_int8 = ndcg_at_10(method, dataset, num_state, max_len, users)
-        report["int8"] = {
-            "fp32_bytes": len(fp32_pte), "int8_bytes": len(pte),
-            "size_change": round(len(pte) / len(fp32_pte) - 1, 4),
-            "top10_overlap_with_fp32": round(topk_overlap(method, fp32_method, sequences, num_state), 4),
-            "val_users": len(users), "val_NDCG@10_fp32": round(ndcg_fp32, 5),
-            "val_NDCG@10_int8": round(ndcg_int8, 5), "val_NDCG@10_change": round(ndcg_int8 - ndcg_fp32, 5)}
+        report["int8"] = int8_quality(run, dataset, size, k_max, loaded, sequences, num_state, users,
+                                      len(program.pte))
 
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         tmp.chmod(0o755)
-        (tmp / "model.pte").write_bytes(pte)
+        for name, data in program.files.items():
+            (tmp / name).write_bytes(data)
         atomic_write_json(tmp / "items.json", run.item_ids)
         atomic_write_json(tmp / "cold_start.json", step.cold_start())
-        files = {name: sha256_file(tmp / name) for name in ("model.pte", "items.json", "cold_start.json")}
+        names = [*program.files, "items.json", "cold_start.json"]
+        files = {name: sha256_file(tmp / name) for name in names}
         bundle_bytes = sum((tmp / name).stat().st_size for name in files)
-        manifest = manifest_for(run, profile, size, precision, step, verification,
+        manifest = manifest_for(run, profile, size, precision, step, program, verification,
                                 bundle_bytes, files, report)
         atomic_write_json(tmp / "manifest.json", manifest)
         for f in tmp.iterdir():
@@ -363,7 +368,13 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
     return ExportResult(out_dir, manifest, report)
 
 
-def manifest_for(run, profile, size, precision, step, verification, bundle_bytes, files, report) -> dict:
+def block_weight_bytes(step: StepModel) -> int:
+    """float32 bytes of the step's block weights (everything but the item table)."""
+    return 4 * sum(p.numel() for p in step.blocks.parameters())
+
+
+def manifest_for(run, profile, size, precision, step, program: Program, verification, bundle_bytes, files,
+                 report) -> dict:
     import executorch.version
 
     state_shape = [2 * step.num_blocks, size]
@@ -381,16 +392,14 @@ def manifest_for(run, profile, size, precision, step, verification, bundle_bytes
         "k_max": step.k_max,
         "state": {"dtype": "float32", "shape": state_shape, "layout": "rows 2b, 2b+1 = real, imag of block b"},
         "method": "forward",
-        "run": str(run.path),
+        "run": {"name": run.path.resolve().name, "checkpoint_sha256": sha256_file(run.path / "model.safetensors")},
         "metrics": {split: vals for split, vals in _metrics_at(run, size).items() if vals},
         "verification": {**{k: verification[k] for k in ("sequences", "max_abs_diff", "topk_equal")},
                          "against": "eager" if precision == "fp32" else "quantised eager graph",
                          "top10_overlap": round(verification["top10_overlap"], 4)},
-        "sizes": {"bundle_bytes": bundle_bytes, "state_bytes": 4 * state_shape[0] * state_shape[1]},
+        "item_table": program.item_table,
+        "sizes": {"bundle_bytes": bundle_bytes, "state_bytes": 4 * state_shape[0] * state_shape[1],
+                  "table_bytes": program.table_bytes, "block_weight_bytes_fp32": block_weight_bytes(step)},
         "files": files,
         **({"quantization": report["int8"]} if "int8" in report else {}),
     }
-
-
-def read_manifest(bundle_dir) -> dict:
-    return json.loads((Path(bundle_dir) / "manifest.json").read_text())

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import FmrlError
-from ..fileio import REPO_ROOT, read_toml
+from ..fileio import package_data_dir, read_toml
 
-DEVICES_DIR = REPO_ROOT / "devices"
+DEVICES_DIR = package_data_dir("devices")  # the packaged copies of the checkout's devices/*.toml
 PRECISIONS = ("fp32", "int8")
 BACKENDS = ("xnnpack",)
 

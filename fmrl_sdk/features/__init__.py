@@ -8,7 +8,7 @@ Public API (light imports only; encoders load torch/transformers lazily):
 """
 
 from .store import load_features, read_manifest
-from .text import DEFAULT_TEMPLATE, item_text
+from ..data.text import DEFAULT_TEMPLATE, item_text
 
 
 def featurize(*args, **kwargs):

@@ -1,4 +1,5 @@
-"""CLI: `fmrl-sdk featurize` and `fmrl-sdk item-vectors`. Heavy imports happen inside the commands."""
+"""CLI: `fmrl-sdk featurize` (item-vectors is registered by train/vectors.py). Heavy imports happen inside
+the commands."""
 
 from pathlib import Path
 from typing import Optional
@@ -9,7 +10,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("featurize")
     def featurize_cmd(
-        data: str = typer.Option(..., "--data", help="P5 folder, CSV/JSONL interactions file, or 'demo'."),
+        data: str = typer.Option(..., "--data", help="P5 folder, CSV/JSONL interactions file, or 'demo'. Every "
+                                 "item is embedded (before k-core filtering)."),
         out: Path = typer.Option(..., "--out", help="Features folder to write (features.safetensors + manifest.json)."),
         text_encoder: Optional[str] = typer.Option(
             None, "--text-encoder",
@@ -35,12 +37,20 @@ def register(app: typer.Typer) -> None:
         text_template: Optional[str] = typer.Option(
             None, "--text-template",
             help="Item text template, lines with {title} {price} {brand} {categories} or any metadata key; "
-                 "'\\n' separates lines; @FILE reads it from a file."),
+                 "'\\n' separates lines; @FILE reads it from a file. Default: the paper's template for Amazon "
+                 "fields, else every catalogue field as 'Name: value' per line."),
         text_pooling: Optional[str] = typer.Option(
             None, "--text-pooling", help="Override pooling: cls, mean, max, mean_sqrt_len, last."),
         allow_download: bool = typer.Option(
             False, "--allow-download", help="Allow fetching a hub model that is not in the local cache."),
         force: bool = typer.Option(False, "--force", help="Recompute even if the cache matches."),
+        items: Optional[Path] = typer.Option(
+            None, "--items",
+            help="Item catalogue (JSONL or CSV keyed by item/item_id/id): the items' text fields and an "
+                 "optional 'image' path relative to the file."),
+        strict: bool = typer.Option(False, "--strict", help="Error if an item of the data has no catalogue row."),
+        allow_constant: bool = typer.Option(
+            False, "--allow-constant", help="Write features even when every item's text is the same."),
     ) -> None:
         """Embed every item's text (and images) into a features folder the trainer reads."""
         from .pipeline import featurize
@@ -49,23 +59,5 @@ def register(app: typer.Typer) -> None:
                   batch_size=batch_size, image_batch_size=image_batch_size, device=device,
                   limit_items=limit_items, trust_pickle=trust_pickle,
                   from_npy=str(from_npy) if from_npy is not None else None, text_template=text_template,
-                  text_pooling=text_pooling, allow_download=allow_download, force=force)
-
-    @app.command("item-vectors")
-    def item_vectors_cmd(
-        run: Path = typer.Option(..., "--run", help="A trained run folder (runs/NAME)."),
-        items: Path = typer.Option(..., "--items", help="JSONL: {item, title, brand, categories, price, image}."),
-        size: int = typer.Option(..., "--size", help="Granularity to keep (one of the run's trained sizes)."),
-        out: Path = typer.Option(..., "--out", help="Output .safetensors (tensor 'vectors', ids in metadata) or .json."),
-        text_encoder: Optional[str] = typer.Option(
-            None, "--text-encoder", help="Folder with the same text encoder, if it moved (revision is checked)."),
-        image_encoder: Optional[str] = typer.Option(
-            None, "--image-encoder", help="Folder with the same image encoder, if it moved (revision is checked)."),
-        batch_size: int = typer.Option(64, "--batch-size", min=1),
-        device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    ) -> None:
-        """Vectors for new items with a trained run: same encoders, the run's projector, first SIZE dims."""
-        from .pipeline import item_vectors
-
-        item_vectors(run, items, size, out, text_encoder=text_encoder, image_encoder=image_encoder,
-                     batch_size=batch_size, device=device)
+                  text_pooling=text_pooling, allow_download=allow_download, force=force,
+                  items=str(items) if items is not None else None, strict=strict, allow_constant=allow_constant)

@@ -32,7 +32,7 @@ class ImageMap:
     source: str
     paths: list[Path | None]
     status: list[str]
-    kind: str  # folder | json | csv | pickle
+    kind: str  # folder | json | csv | pickle | catalogue
     extra: dict = field(default_factory=dict)
 
     @property
@@ -139,19 +139,35 @@ def build_image_map(spec: str | Path, item_ids: list[str], alt_ids: list[str] | 
             status.append("mapped" if hit is not None else "unmapped")
         return ImageMap(str(spec), paths, status, "folder", {"files": len(index)})
     mapping, kind = _read_mapping(spec, trust_pickle)
-    base = spec.parent
-    for ks in keys:
-        value = next((mapping[k] for k in ks if k in mapping), None)
-        if value is None:
-            paths.append(None)
-            status.append("unmapped")
-        elif _is_url(value):
-            paths.append(None)
-            status.append("url")
-        else:
-            paths.append(_resolve(base, value))
-            status.append("mapped")
+    values = [next((mapping[k] for k in ks if k in mapping), None) for ks in keys]
+    paths, status = _mapped_paths(values, lambda value: _resolve(spec.parent, value))
     return ImageMap(str(spec), paths, status, kind, {"entries": len(mapping)})
+
+
+def _mapped_paths(values: list, resolve) -> tuple[list[Path | None], list[str]]:
+    """Per item: (path, status) for a mapped value: None -> "unmapped", a URL -> "url", else resolve(value)."""
+    paths: list[Path | None] = []
+    status: list[str] = []
+    for value in values:
+        if value is None or _is_url(value):
+            paths.append(None)
+            status.append("unmapped" if value is None else "url")
+        else:
+            paths.append(resolve(value))
+            status.append("mapped")
+    return paths, status
+
+
+def catalogue_image_map(catalogue_path: str | Path, item_ids: list[str], values: dict[str, str]) -> ImageMap:
+    """Map items to the `image` field of an --items catalogue: paths relative to the catalogue's folder."""
+    base = Path(catalogue_path).parent
+
+    def resolve(value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+
+    paths, status = _mapped_paths([values.get(item) for item in item_ids], resolve)
+    return ImageMap(str(catalogue_path), paths, status, "catalogue", {"entries": len(values)})
 
 
 def image_fingerprints(imap: ImageMap) -> list[str]:

@@ -1,21 +1,19 @@
-"""featurize (dataset -> features folder) and item_vectors (new items -> vectors of a trained run)."""
+"""featurize (dataset -> features folder) and features for new items with the same encoders
+(`features_for_items`; train/vectors.py turns them into item vectors with a trained run)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, atomic_write_json, read_jsonl_objects, sha256_file
+from ..fileio import read_jsonl_objects, sha256_file
 from .sources import EncoderSource, resolve_encoder, set_offline, source_from_manifest
-from .store import (FORMAT, VERSION, cache_hit, check_out_dir, ids_sha256, input_hash, now_iso, read_manifest,
-                    write_features)
-from .text import UNTITLED, describe_text_encoder, item_text, parse_template
-
-VECTORS_FORMAT = "fmrl-sdk/item-vectors"
+from .store import FORMAT, VERSION, cache_hit, check_out_dir, ids_sha256, input_hash, now_iso, write_features
+from ..data.text import UNTITLED, item_text, item_texts
+from .text import describe_text_encoder
 
 
 def _console(console):
@@ -85,9 +83,12 @@ def featurize(data, out, *, text_encoder: str | None = None, image_encoder: str 
               images: str | None = None, batch_size: int = 64, image_batch_size: int | None = None,
               device: str = "cpu", limit_items: int | None = None, trust_pickle: bool = False,
               from_npy: str | None = None, text_template: str | None = None, text_pooling: str | None = None,
-              allow_download: bool = False, force: bool = False, console=None) -> dict:
-    """Compute (or reuse) the features folder `out` for the dataset `data`; returns a report dict."""
-    from ..data.dataset import load_dataset
+              allow_download: bool = False, force: bool = False, items: str | None = None, strict: bool = False,
+              allow_constant: bool = False, console=None) -> dict:
+    """Compute (or reuse) the features folder `out` for every item of `data` (before k-core filtering, so
+    any [data] min_count can use them), with item content from the `items` catalogue if given."""
+    from ..data.catalogue import alignment_lines
+    from ..data.dataset import load_items
 
     t0 = time.perf_counter()
     set_offline(allow_download)
@@ -96,7 +97,9 @@ def featurize(data, out, *, text_encoder: str | None = None, image_encoder: str 
     check_out_dir(out)
     if batch_size < 1:
         raise FmrlError(f"--batch-size {batch_size}: must be at least 1")
-    dataset = load_dataset(data)
+    dataset = load_items(data, items=items, strict=strict)
+    for line in alignment_lines(dataset.report.get("catalogue")):
+        console.print(line)
     ids = list(dataset.item_ids)
     metas = list(dataset.item_meta) + [{}] * (len(ids) - len(dataset.item_meta))
     total_items = len(ids)
@@ -108,7 +111,8 @@ def featurize(data, out, *, text_encoder: str | None = None, image_encoder: str 
     base = {
         "format": FORMAT, "version": VERSION, "created": now_iso(),
         "dataset": {"name": dataset.name, "source": dataset.source, "items": total_items,
-                    "limit_items": limit_items},
+                    "limit_items": limit_items,
+                    "catalogue": str(dataset.catalogue.path.resolve()) if dataset.catalogue else None},
         "items": n, "item_ids_sha256": ids_sha256(ids),
     }
     if from_npy is not None:
@@ -117,13 +121,11 @@ def featurize(data, out, *, text_encoder: str | None = None, image_encoder: str 
                             "--images/--text-template")
         return _import_npy(Path(from_npy).expanduser(), out, ids, total_items, base, force, console, t0)
 
-    template = parse_template(text_template)
-    texts = [item_text(m, template) for m in metas]
-    untitled = sum(t == UNTITLED for t in texts)
-    if untitled:
-        style = "[yellow]" if untitled * 2 > n else ""
-        console.print(f"{style}note: {untitled} of {n} items have no title/brand/categories/price; their text is "
-                      f"{UNTITLED!r}")
+    fields = dataset.catalogue.fields if dataset.catalogue is not None else None
+    template, texts, untitled = item_texts(metas, text_template, fields, allow_constant)
+    style = "[yellow]" if untitled * 2 > n else ""
+    console.print(f"{style}text: {untitled} of {n} items have an empty text ({UNTITLED!r}); "
+                  f"{len(set(texts))} distinct texts; template {template!r}")
     tsrc = resolve_encoder(text_encoder, "text", allow_download=allow_download)
     tinfo = describe_text_encoder(tsrc, text_pooling)
     console.print(f"text encoder: [bold]{tsrc.name}[/bold] ({tsrc.origin}, {_short(tsrc.revision)}): "
@@ -133,21 +135,29 @@ def featurize(data, out, *, text_encoder: str | None = None, image_encoder: str 
 
     imap = isrc = None
     fingerprints: list[str] = []
-    if images is None:
+    catalogue_images = dataset.catalogue.images if dataset.catalogue is not None and images is None else {}
+    if images is None and not (catalogue_images and image_encoder):
         if image_encoder is not None:
-            raise FmrlError("--image-encoder needs --images (a folder of images or an item -> image map)")
+            raise FmrlError("--image-encoder needs --images (a folder of images or an item -> image map) or an "
+                            "'image' field in the --items catalogue")
+        if catalogue_images:
+            console.print(f"note: the catalogue names images for {len(catalogue_images)} items; pass "
+                          "--image-encoder DIR to use them")
         src = Path(dataset.source)
         if src.is_dir() and (src / "item2img_dict.pkl").exists():
             console.print(f"note: {src / 'item2img_dict.pkl'} exists but images are off; use "
                           f"--images {src / 'item2img_dict.pkl'} --trust-pickle to use it (a pickle can run code)")
         console.print("images: none given; text-only features")
     else:
-        from .images import build_image_map, image_fingerprints
+        from .images import build_image_map, catalogue_image_map, image_fingerprints
 
-        alt = [str(i + 1) for i in range(n)] if Path(dataset.source).is_dir() else None
-        imap = build_image_map(images, ids, alt, trust_pickle=trust_pickle)
+        if images is None:
+            imap = catalogue_image_map(dataset.catalogue.path, ids, catalogue_images)
+        else:
+            alt = [str(i + 1) for i in range(n)] if Path(dataset.source).is_dir() else None
+            imap = build_image_map(images, ids, alt, trust_pickle=trust_pickle)
         if imap.mapped == 0:
-            console.print(f"[yellow]images: no item of the dataset has an image in {images}; text-only features")
+            console.print(f"[yellow]images: no item of the dataset has an image in {imap.source}; text-only features")
             imap = None
         else:
             isrc = resolve_encoder(image_encoder, "image", allow_download=allow_download)
@@ -344,91 +354,3 @@ def features_for_items(manifest: dict, metas: list[dict], images: list[Path | No
                             f"{modality.get('dim')}")
         blocks.append(feats)
     return np.concatenate(blocks, axis=1).astype(np.float32), info
-
-
-def _load_run(run_dir: Path):
-    import importlib
-
-    try:
-        run_module = importlib.import_module("fmrl_sdk.train.run")
-    except ModuleNotFoundError as e:  # pragma: no cover - the trainer ships with the SDK
-        raise FmrlError(f"cannot load runs: {e}") from None
-    return run_module.load_run(run_dir)
-
-
-def item_vectors(run_dir, items_file, size: int, out, *, text_encoder: str | None = None,
-                 image_encoder: str | None = None, batch_size: int = 64, device: str = "cpu",
-                 console=None) -> dict:
-    """Vectors [M, size] for new items from a trained run: same encoders, the run's projector, first dims."""
-    import torch
-
-    console = _console(console)
-    run_dir = Path(run_dir).expanduser()
-    out = Path(out).expanduser()
-    if out.suffix.lower() not in (".safetensors", ".json"):
-        raise FmrlError(f"{out}: --out must end in .safetensors or .json")
-    run = _load_run(run_dir)
-    config = run.config or {}
-    sizes = [int(s) for s in (config.get("model") or {}).get("sizes", [])]
-    if size not in sizes:
-        raise FmrlError(f"--size {size}: the run was trained at sizes {sizes}; pick one of them")
-    kind = (config.get("model") or {}).get("item_embedding", "content")
-    if kind == "id":
-        raise FmrlError(f"{run_dir}: the run uses id embeddings only; new items need a content-based run")
-    if kind == "hybrid":
-        console.print("[yellow]note: hybrid run: new items get the content part only (no learned id vector)")
-    fdir = config.get("features")
-    if not fdir:
-        raise FmrlError(f"{run_dir}: the run was trained without content features; new items need a run "
-                        "trained on `fmrl-sdk featurize` features")
-    fdir = Path(fdir).expanduser()
-    if not fdir.exists() and not fdir.is_absolute() and (run_dir / fdir).exists():
-        fdir = run_dir / fdir
-    manifest = read_manifest(fdir)
-    ids, metas, images = read_new_items(items_file)
-    t0 = time.perf_counter()
-    feats, info = features_for_items(manifest, metas, images, text_encoder=text_encoder,
-                                     image_encoder=image_encoder, batch_size=batch_size, device=device,
-                                     console=console)
-    model = run.model
-    model.eval()
-    try:
-        param = next(model.parameters())
-        target = {"device": param.device, "dtype": param.dtype}
-    except (StopIteration, AttributeError, TypeError):
-        target = {}
-    with torch.inference_mode():
-        vecs = model.content_vectors(torch.from_numpy(feats).to(**target))
-    vecs = vecs[:, :size].float().cpu().numpy()
-    if vecs.shape != (len(ids), size):
-        raise FmrlError(f"{run_dir}: the projector gave vectors of shape {list(vecs.shape)}, "
-                        f"expected [{len(ids)}, {size}]")
-    meta = {"format": VECTORS_FORMAT, "run": str(run_dir), "size": size, "features": str(fdir),
-            "input_hash": manifest.get("input_hash")}
-    if out.suffix.lower() == ".json":
-        atomic_write_json(out, dict(meta, ids=ids, vectors=vecs.tolist()))
-    else:
-        from safetensors.numpy import save
-
-        atomic_write_bytes(out, save({"vectors": np.ascontiguousarray(vecs)},
-                                     metadata={k: json.dumps(v) if not isinstance(v, str) else v
-                                               for k, v in dict(meta, ids=ids).items()}))
-    seconds = time.perf_counter() - t0
-    console.print(f"[green]wrote {out}[/green]: {len(ids)} items x {size} dims in {seconds:.1f}s")
-    return {"out": str(out), "items": len(ids), "size": size, "ids": ids, "seconds": round(seconds, 3), **info}
-
-
-def read_item_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Read what item-vectors wrote: (ids, vectors [M, S] float32)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FmrlError(f"{path}: file not found")
-    if path.suffix.lower() == ".json":
-        obj = json.loads(path.read_text())
-        return [str(i) for i in obj["ids"]], np.asarray(obj["vectors"], dtype=np.float32)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        vectors = f.get_tensor("vectors")
-    return json.loads(meta["ids"]), vectors

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import atomic_directory, atomic_write_json, sha256_file
+from ..fileio import atomic_directory, atomic_write_json, contained_path, sha256_file
 
 FORMAT = "fmrl-sdk/features"
 VERSION = 1
@@ -59,13 +59,19 @@ def read_manifest(features_dir: str | Path) -> dict:
         raise FmrlError(f"{path}: cannot read ({e})") from None
     except json.JSONDecodeError as e:
         raise FmrlError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep; an integer too long to convert
+        raise FmrlError(f"{path}: invalid JSON ({'nested too deeply' if isinstance(e, RecursionError) else e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FmrlError(f"{path}: not a features manifest (format is not {FORMAT!r})")
     if manifest.get("version") != VERSION:
         raise FmrlError(f"{path}: features format version {manifest.get('version')!r}; this SDK reads {VERSION}")
-    for key in ("item_ids", "modalities", "file"):
+    for key in ("item_ids", "modalities", "file", "file_sha256"):
         if key not in manifest:
             raise FmrlError(f"{path}: manifest lacks {key!r}")
+    digest = manifest["file_sha256"]
+    if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        raise FmrlError(f"{path}: file_sha256 must be 64 lowercase hex digits")
+    contained_path(folder, manifest["file"], path)  # inside the folder, no symbolic link
     return manifest
 
 
@@ -77,8 +83,8 @@ def cache_hit(features_dir: str | Path, wanted_hash: str) -> dict | None:
         return None
     if manifest.get("input_hash") != wanted_hash:
         return None
-    path = Path(features_dir) / manifest["file"]
-    if not path.is_file() or sha256_file(path) != manifest.get("file_sha256"):
+    path = contained_path(features_dir, manifest["file"], Path(features_dir) / MANIFEST_FILE)
+    if not path.is_file() or sha256_file(path) != manifest["file_sha256"]:
         return None
     return manifest
 
@@ -110,10 +116,10 @@ def write_features(out: str | Path, tensors: dict[str, np.ndarray], manifest: di
 def read_tensors(features_dir: str | Path, manifest: dict, verify: bool = True) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    path = Path(features_dir) / manifest["file"]
+    path = contained_path(features_dir, manifest["file"], Path(features_dir) / MANIFEST_FILE)
     if not path.is_file():
         raise FmrlError(f"{path}: features file missing")
-    if verify and manifest.get("file_sha256") and sha256_file(path) != manifest["file_sha256"]:
+    if verify and sha256_file(path) != manifest["file_sha256"]:
         raise FmrlError(f"{path}: contents do not match the manifest's sha256 (file changed or corrupt)")
     try:
         return load_file(str(path))
@@ -122,18 +128,19 @@ def read_tensors(features_dir: str | Path, manifest: dict, verify: bool = True) 
 
 
 def _compare_ids(folder: Path, have: list[str], want: list[str]) -> np.ndarray | None:
-    """None when identical; a permutation when the same ids come in another order; FmrlError otherwise."""
+    """None when identical; row indices when `want` are some of the features' ids (any order, e.g. the items
+    left by a k-core filter); FmrlError otherwise."""
     if have == want:
         return None
     where = f"{folder}: features were computed for a different item list"
+    if len(set(have)) == len(have) and len(want) <= len(have) and set(want) <= set(have):
+        pos = {item: i for i, item in enumerate(have)}  # same ids reordered, or a subset (e.g. a k-core)
+        return np.array([pos[item] for item in want], dtype=np.int64)
     if len(have) != len(want):
         extra = len(set(have) - set(want))
         missing = len(set(want) - set(have))
         raise FmrlError(f"{where} ({len(have)} items in the features, {len(want)} in the dataset; "
                         f"{missing} dataset items missing, {extra} extra); re-run featurize on this dataset")
-    if set(have) == set(want) and len(set(want)) == len(want):
-        pos = {item: i for i, item in enumerate(have)}
-        return np.array([pos[item] for item in want], dtype=np.int64)
     differ = sum(a != b for a, b in zip(have, want))
     first = next(i for i, (a, b) in enumerate(zip(have, want)) if a != b)
     raise FmrlError(f"{where} ({differ} of {len(want)} ids differ; first at position {first}: "
@@ -144,8 +151,10 @@ def load_features(features_dir: str | Path, item_ids: list[str]) -> tuple[np.nda
     """Feature matrix [len(item_ids), F] float32 in the order of `item_ids`, and the manifest.
 
     F is the concatenation of the present modalities in manifest order (text, then image; or the single
-    imported matrix). Image rows of items without a usable image are zeros. Raises FmrlError when the folder
-    or manifest is missing, the ids differ from `item_ids`, or the matrix is malformed.
+    imported matrix). `item_ids` may be any subset of the features' ids, in any order (features cover every
+    item of the data, so they stay valid when [data] min_count changes). Image rows of items without a
+    usable image are zeros. Raises FmrlError when the folder or manifest is missing, an id of `item_ids` has
+    no features, or the matrix is malformed.
     """
     folder = Path(features_dir)
     manifest = read_manifest(folder)

@@ -1,4 +1,4 @@
-"""Item text (the paper's template) and the text encoder: resolution, pooling, batched L2-normalised embeddings.
+"""The text encoder: resolution, pooling, batched L2-normalised embeddings (item texts: fmrl_sdk/data/text.py).
 
 Nothing here imports torch or transformers at module level; the encoder classes import them when built.
 """
@@ -6,7 +6,6 @@ Nothing here imports torch or transformers at module level; the encoder classes 
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 from typing import Callable
 
@@ -15,94 +14,7 @@ import numpy as np
 from ..errors import FmrlError
 from .sources import EncoderSource, resolve_encoder
 
-DEFAULT_TEMPLATE = "Title: {title}\nPrice: {price}\nBrand: {brand}\nCategories: {categories}"
-UNTITLED = "Untitled Item"
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len", "last")
-
-# ----------------------------------------------------------------------------------------------
-# Item text
-
-
-def _clean(value) -> str | None:
-    """One metadata value as text: None/empty -> None, numbers -> str, strings stripped."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value != value:  # NaN from CSV/pandas exports
-        return None
-    if isinstance(value, (list, tuple)):
-        value = ", ".join(str(v).strip() for v in value if str(v).strip())
-    text = str(value).strip()
-    return text or None
-
-
-def _categories(value) -> str | None:
-    """The first category path joined with ', ' (a flat list of strings is one path; a string is kept)."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return None
-        first = value[0]
-        path = first if isinstance(first, (list, tuple)) else value
-        return _clean([c for c in path if c is not None])
-    return _clean(value)
-
-
-def template_fields(template: str) -> list[str]:
-    """Names of the {placeholders} in a template (raises FmrlError on a malformed template)."""
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise FmrlError(f"text template {template!r}: {e}") from None
-    for name in names:
-        if not name.isidentifier():
-            raise FmrlError(f"text template: placeholder {{{name}}} must be a plain field name like {{title}}")
-    return names
-
-
-def item_text(meta: dict, template: str | None = None) -> str:
-    """The item's text as the paper builds it.
-
-    The template is a list of lines; a line is kept only when every {field} in it has a value. Fields:
-    title, price, brand, categories (the first category path joined with ', '), and any other key of
-    `meta` (stringified). Values are stripped. When no line survives the text is 'Untitled Item'.
-    Default: 'Title: {title}\\nPrice: {price}\\nBrand: {brand}\\nCategories: {categories}'.
-    """
-    template = DEFAULT_TEMPLATE if template is None else template
-    values: dict[str, str] = {}
-    for key, value in (meta or {}).items():
-        if not isinstance(key, str):
-            continue
-        text = _categories(value) if key == "categories" else _clean(value)
-        if text is not None:
-            values[key] = text
-    lines = []
-    for line in template.split("\n"):
-        names = template_fields(line)
-        if names and not all(n in values for n in names):
-            continue
-        if not names and not line.strip():
-            continue
-        try:
-            lines.append(line.format(**{n: values[n] for n in names}))
-        except (ValueError, KeyError, IndexError) as e:
-            raise FmrlError(f"text template line {line!r}: {e} (values are text; use plain {{field}})") from None
-    text = "\n".join(lines).strip()
-    return text or UNTITLED
-
-
-def parse_template(arg: str | None) -> str:
-    """--text-template: a template string (a literal backslash-n means a newline) or @FILE to read it from."""
-    if arg is None:
-        return DEFAULT_TEMPLATE
-    if arg.startswith("@"):
-        path = Path(arg[1:]).expanduser()
-        if not path.is_file():
-            raise FmrlError(f"{path}: text template file not found")
-        template = path.read_text(encoding="utf-8").rstrip("\n")
-    else:
-        template = arg.replace("\\n", "\n")
-    if not template_fields(template):
-        raise FmrlError(f"text template {template!r} has no {{field}} placeholders (e.g. {{title}})")
-    return template
 
 
 # ----------------------------------------------------------------------------------------------

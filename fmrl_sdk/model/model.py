@@ -9,7 +9,7 @@ size-m_k model. Shapes: B batch, L sequence length, d = m_K hidden size, N items
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,17 @@ import torch.nn.functional as F
 
 DEFAULT_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 ITEM_EMBEDDINGS = ("content", "id", "hybrid")
+RETIRED_KEYS = ("extra",)   # ModelConfig fields of older SDK versions, ignored when reading a config.json
+
+
+def uses_content(item_embedding: str) -> bool:
+    """Item vectors of this kind include projected content features (content, hybrid)."""
+    return item_embedding in ("content", "hybrid")
+
+
+def uses_ids(item_embedding: str) -> bool:
+    """Item vectors of this kind include a learned per-id vector (id, hybrid)."""
+    return item_embedding in ("id", "hybrid")
 
 
 @dataclass
@@ -30,7 +41,6 @@ class ModelConfig:
     lru_dropout: float = 0.1                  # dropout on the LRU output
     r_min: float = 0.0                        # ring initialisation radius of |lambda|
     r_max: float = 0.1
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.sizes = tuple(int(s) for s in self.sizes)
@@ -38,12 +48,26 @@ class ModelConfig:
             raise ValueError(f"sizes must be strictly increasing positive integers, got {self.sizes}")
         if self.item_embedding not in ITEM_EMBEDDINGS:
             raise ValueError(f"item_embedding must be one of {ITEM_EMBEDDINGS}, got {self.item_embedding!r}")
-        if self.item_embedding in ("content", "hybrid") and self.feature_dim <= 0:
+        if self.uses_content and self.feature_dim <= 0:
             raise ValueError(f"item_embedding={self.item_embedding!r} needs content features (feature_dim > 0)")
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ModelConfig":
+        """From a run's config.json "model" entry. Keys only older SDK versions wrote (RETIRED_KEYS) are
+        dropped; any other unknown key is a TypeError, as in the constructor."""
+        return cls(**{k: v for k, v in config.items() if k not in RETIRED_KEYS})
 
     @property
     def d(self) -> int:
         return self.sizes[-1]
+
+    @property
+    def uses_content(self) -> bool:
+        return uses_content(self.item_embedding)
+
+    @property
+    def uses_ids(self) -> bool:
+        return uses_ids(self.item_embedding)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "sizes": list(self.sizes)}
@@ -126,6 +150,10 @@ class NestedLayerNorm(nn.Module):
 
     def cut_state(self, size: int) -> dict[str, torch.Tensor]:
         return {"weight": self.weight[:size], "bias": self.bias[:size]}
+
+    def averaging_matrix(self) -> torch.Tensor:
+        """[d, d] block-diagonal: (x @ M)[i] = mean of x over i's chunk (M is symmetric)."""
+        return self.average @ self.assign.T
 
 
 @dataclass
@@ -251,13 +279,13 @@ class FMRLRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d
-        if cfg.item_embedding in ("content", "hybrid"):
+        if cfg.uses_content:
             if features is None or features.shape != (cfg.num_items + 1, cfg.feature_dim):
                 got = None if features is None else tuple(features.shape)
                 raise ValueError(f"expected features of shape {(cfg.num_items + 1, cfg.feature_dim)}, got {got}")
             self.register_buffer("features", features.float(), persistent=False)
             self.projector = nn.Linear(cfg.feature_dim, d)
-        if cfg.item_embedding in ("id", "hybrid"):
+        if cfg.uses_ids:
             self.id_embedding = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
             nn.init.normal_(self.id_embedding.weight, std=0.02 if cfg.item_embedding == "hybrid" else 1.0 / d**0.5)
             with torch.no_grad():
@@ -270,13 +298,14 @@ class FMRLRec(nn.Module):
         """Project content features [M, F] to item vectors [M, d] (also for items added after training)."""
         return self.projector(features)
 
-    def item_table(self) -> torch.Tensor:
-        """E [N + 1, d]; row 0 is the padding item (input at empty-history positions)."""
+    def item_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """E [N + 1, d]; row 0 is the padding item (input at empty-history positions).
+        rows [R] (item indices): only those rows, E[rows] [R, d], without computing the others."""
         table = 0
-        if self.cfg.item_embedding in ("content", "hybrid"):
-            table = self.content_vectors(self.features)
-        if self.cfg.item_embedding in ("id", "hybrid"):
-            table = table + self.id_embedding.weight
+        if self.cfg.uses_content:
+            table = self.content_vectors(self.features if rows is None else self.features[rows])
+        if self.cfg.uses_ids:
+            table = table + (self.id_embedding.weight if rows is None else self.id_embedding.weight[rows])
         return table
 
     # -- sequences -----------------------------------------------------------------------------
@@ -326,7 +355,8 @@ class FMRLRec(nn.Module):
         if size not in self.cfg.sizes:
             raise ValueError(f"size {size} was not trained; trained sizes: {list(self.cfg.sizes)}")
         cfg = replace(self.cfg, sizes=tuple(s for s in self.cfg.sizes if s <= size))
-        small = FMRLRec(cfg, getattr(self, "features", None))
+        with torch.random.fork_rng(devices=[]):  # the throwaway initialisation leaves the global RNG as it was
+            small = FMRLRec(cfg, getattr(self, "features", None))
         state = {}
         for name, module in self.named_modules():
             if hasattr(module, "cut_state"):

@@ -13,16 +13,26 @@ from ..errors import FmrlError
 
 def simulate(stream, bundle=None, k: int = 10, report=None, out=None, state_dir=None, resume: bool = False,
              strict: bool = False, snapshot_every: int = 10000, exclude_seen: bool = False,
-             console=None, rec=None, threads: int | None = None) -> dict:
-    """Run a simulation (the CLI's body, usable from Python). Returns the report dict."""
-    from ..fileio import atomic_write_json
+             console=None, rec=None, threads: int | None = None, limit: int = 0) -> dict:
+    """Run a simulation (the CLI's body, usable from Python). Returns the report dict.
+    An output (--out, --report, the snapshot) that is an input (the stream, a bundle file) or another
+    output is refused before anything is written."""
+    from ..fileio import atomic_write_json, check_outputs_are_not_inputs
     from ..runtime import Recommender, newest_bundle
-    from .replay import Options, Replay
+    from .replay import SNAPSHOT, Options, Replay
 
     if rec is None:
         rec = Recommender.open(bundle if bundle is not None else newest_bundle("bundles"), threads=threads)
+    inputs = {"the stream": stream, **{f"the bundle's {name}": rec.bundle.path / name
+                                       for name in ("manifest.json", *rec.manifest["files"])}}
+    snapshot = Path(state_dir) / SNAPSHOT if state_dir is not None else None
+    check_outputs_are_not_inputs({"--out": out, "--report": report, "the snapshot": snapshot}, inputs)
+    check_outputs_are_not_inputs({"--out": out}, {"--report": report, "the snapshot": snapshot})
+    check_outputs_are_not_inputs({"--report": report}, {"the snapshot": snapshot})
+    if limit < 0:
+        raise FmrlError(f"--limit {limit}: expected 0 (whole stream) or a positive number of events")
     replay = Replay(rec, stream, Options(k=k, exclude_seen=exclude_seen, strict=strict,
-                                         snapshot_every=snapshot_every), out=out, state_dir=state_dir)
+                                         snapshot_every=snapshot_every, limit=limit), out=out, state_dir=state_dir)
     if console is None:
         result = replay.run(resume=resume)
     else:
@@ -47,6 +57,8 @@ def summary_table(result: dict):
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("events (valid / lines)", f"{result['events']:,} / {result['lines']:,}")
+    if result.get("limit"):
+        table.add_row("limit", f"first {result['limit']:,} events only (--limit)")
     bad = result["bad_lines"]
     table.add_row("bad lines", ", ".join(f"{k}: {v}" for k, v in bad.items()) if bad else "0")
     table.add_row("users", f"{result['users']:,}")
@@ -79,13 +91,14 @@ def register(app: typer.Typer) -> None:
                                           help="Drop (probably) seen items from recommendations."),
         threads: Optional[int] = typer.Option(None, help="ExecuTorch CPU threads (default: one per core)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
+        limit: int = typer.Option(0, help="Replay only the first N events (0 = all); the report says so."),
     ):
         """Replay an event stream through a bundle, one session per user: online metrics, latency, memory."""
         from rich.console import Console
 
         console = Console(stderr=False)
         result = simulate(stream, bundle, k, report, out, state_dir, resume, strict, snapshot_every,
-                          exclude_seen, console=None if quiet else console, threads=threads)
+                          exclude_seen, console=None if quiet else console, threads=threads, limit=limit)
         if not quiet:
             console.print(summary_table(result))
             if report:
@@ -102,10 +115,11 @@ def register(app: typer.Typer) -> None:
     ):
         """Write each user's sequence up to the split as events, users interleaved by a seeded random merge."""
         from ..data.dataset import load_dataset
-        from .stream import dataset_for_run, write_stream
+        from ..train.run import load_run_dataset, read_run
+        from .stream import write_stream
 
         if (run is None) == (data is None):
             raise FmrlError("pass exactly one of --run or --data")
-        dataset = dataset_for_run(run) if run is not None else load_dataset(data, min_count=min_count)
+        dataset = load_run_dataset(read_run(run), with_catalogue=False) if run is not None else load_dataset(data, min_count=min_count)
         info = write_stream(out, dataset.user_ids, dataset.item_ids, dataset.sequences, split, seed)
         typer.echo(f"wrote {info['events']:,} events of {info['users']:,} users ({split} split, seed {seed}) to {out}")

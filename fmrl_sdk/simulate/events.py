@@ -2,10 +2,13 @@
 
     {"user": str | int, "item": str | int, "ts": number (optional), "event": str (optional)}
 
-Other keys are ignored; blank lines are skipped. Ids are compared as strings (user 7 and user "7" are
-the same user). A line is *bad*, and counted by kind with its line number, when it is:
+Other keys are ignored; blank lines are skipped; a UTF-8 byte order mark at the start of a line is
+ignored. Ids are compared as strings (user 7 and user "7" are the same user). A line is *bad*, and
+counted by kind with its line number, when it is:
 
-    invalid_json    not valid JSON (or not UTF-8)
+    invalid_json    not valid JSON for any reason: not UTF-8, a syntax error, nesting too deep for the
+                    parser, a number too long to convert
+    duplicate_key   an object (at any depth) with the same key twice (JSON parsers disagree on which wins)
     not_object      JSON, but not an object
     missing_field   no "user" or "item" (absent, null or "")
     wrong_type      user/item not a string or integer, ts not a finite number, event not a string
@@ -15,15 +18,64 @@ the same user). A line is *bad*, and counted by kind with its line number, when 
 
 from __future__ import annotations
 
+import json
 import math
 
-BAD_KINDS = ("invalid_json", "not_object", "missing_field", "wrong_type", "unknown_item", "ts_backwards")
+BAD_KINDS = ("invalid_json", "duplicate_key", "not_object", "missing_field", "wrong_type", "unknown_item",
+             "ts_backwards")
+BOM = b"\xef\xbb\xbf"
+MAX_WHAT_CHARS = 200   # a bad line's description (report samples, --strict errors) is cut to this length
+
+
+def shorten(text: str, limit: int = MAX_WHAT_CHARS) -> str:
+    """`text` cut to about `limit` characters, saying how long it was (a 10 MB id stays out of reports)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class BadLine(Exception):
     def __init__(self, kind: str, what: str):
+        what = shorten(what)
         super().__init__(what)
         self.kind, self.what = kind, what
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object_without_duplicates(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(key)
+    return obj
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_object_without_duplicates)
+
+
+def parse_line(raw: bytes):
+    """One raw line of the stream -> (user key, item key, ts or None, decoded object); None for a blank
+    line; BadLine for anything else. Never raises another exception, whatever the bytes."""
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    try:
+        obj = _decoder.decode(raw.decode("utf-8"))
+    except _DuplicateKey as e:
+        raise BadLine("duplicate_key", f"duplicate key {e.args[0]!r}") from None
+    except UnicodeDecodeError:
+        raise BadLine("invalid_json", "not UTF-8") from None
+    except json.JSONDecodeError as e:
+        if not raw.strip():
+            return None
+        raise BadLine("invalid_json", f"invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise BadLine("invalid_json", "invalid JSON (nested too deeply)") from None
+    except (ValueError, MemoryError) as e:  # e.g. an integer with more digits than Python converts
+        raise BadLine("invalid_json", f"invalid JSON ({str(e).split(';')[0]})") from None
+    user, item, ts = check_fields(obj)
+    return user, item, ts, obj
 
 
 def _id_type_ok(value) -> bool:

@@ -9,9 +9,13 @@ Snapshots (--state-dir): every N events the replay writes `snapshot.bin` atomica
 fsync, rename): the stream position (byte offset, line number, sha256 of the bytes read so far), every
 accumulated counter, the first bad-line samples, each user's last ts / last-event metrics and the
 serialised Session states, then a sha256 of the whole file. `--resume` checks the snapshot, the bundle
-fingerprint, the options and the stream prefix, truncates the --out file to the size it had at the
-snapshot and continues, so a run killed at any instant resumes to the same report as an uninterrupted
-run (timing and memory fields aside: latency percentiles cover the events replayed by this process).
+fingerprint, the options and the stream prefix, truncates the partial --out file to the size it had at
+the snapshot and continues, so a run killed at any instant resumes to the same report as an
+uninterrupted run (timing and memory fields aside: latency percentiles cover the events replayed by this
+process).
+
+--out is written to a hidden sibling, `.NAME.partial`, and renamed to NAME when the replay completes: an
+existing NAME is never truncated in place, and a killed run leaves NAME as it was.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from ..fileio import atomic_write_bytes
-from .events import BAD_KINDS, BadLine, check_fields
+from .events import BAD_KINDS, BadLine, parse_line
 
 SNAPSHOT = "snapshot.bin"
 SNAPSHOT_MAGIC = b"FMRLSNAP"
@@ -46,6 +50,7 @@ class Options:
     exclude_seen: bool = False
     strict: bool = False
     snapshot_every: int = 10000
+    limit: int = 0                 # stop after this many replayed events (0: the whole stream)
 
 
 @dataclass
@@ -61,8 +66,19 @@ class Counters:
     bad_samples: list = field(default_factory=list)   # [{"line", "kind", "what"}], the first MAX_BAD_SAMPLES
 
 
+@dataclass(slots=True)
+class UserSlot:
+    """One user of the replay: their runtime Session and what the report needs of their last event."""
+
+    session: object                # fmrl_sdk.runtime.Session
+    last_ts: int | float | None = None
+    last_hit: float = 0.0          # 1.0 when the last event's item was in the top k
+    last_ndcg: float = 0.0         # NDCG@k of the last event
+
+
 class Replay:
-    """One simulation run. `users` maps user key -> [session, last_ts, last_hit, last_ndcg]."""
+    """One simulation run. `users` maps user key -> UserSlot. Unknown items are resolved by the
+    runtime (`Recommender.resolve`) and reported as bad lines."""
 
     def __init__(self, rec, stream: str | Path, options: Options, out: str | Path | None = None,
                  state_dir: str | Path | None = None):
@@ -74,9 +90,10 @@ class Replay:
         if options.snapshot_every < 1:
             raise FmrlError(f"--snapshot-every {options.snapshot_every}: must be >= 1")
         self.out = Path(out) if out else None
+        self.partial_out = self.out.with_name(f".{self.out.name}.partial") if self.out else None
         self.state_dir = Path(state_dir) if state_dir else None
         self.c = Counters()
-        self.users: dict[str, list] = {}
+        self.users: dict[str, UserSlot] = {}
         self.latencies = array("q")
         self.seconds = 0.0
         self._prefix = hashlib.sha256() if self.state_dir else None
@@ -104,11 +121,12 @@ class Replay:
             "counters": {"events": c.events, "hits": c.hits, "ndcg": c.ndcg, "bad": c.bad,
                          "bad_samples": c.bad_samples},
             "state_bytes": self.rec.state_bytes,
-            "users": [[key, slot[1], slot[2], slot[3]] for key, slot in ((k, self.users[k]) for k in keys)],
+            "users": [[key, slot.last_ts, slot.last_hit, slot.last_ndcg]
+                      for key, slot in ((k, self.users[k]) for k in keys)],
         }
         head = json.dumps(header, separators=(",", ":")).encode()
         parts = [SNAPSHOT_MAGIC, struct.pack("<IQ", SNAPSHOT_VERSION, len(head)), head]
-        parts += [self.users[key][0].to_bytes() for key in keys]
+        parts += [self.users[key].session.to_bytes() for key in keys]
         body = b"".join(parts)
         atomic_write_bytes(self.state_dir / SNAPSHOT, body + hashlib.sha256(body).digest())
 
@@ -151,13 +169,17 @@ class Replay:
         if (out["path"] is None) != (self.out is None) or (self.out and str(self.out.resolve()) != out["path"]):
             raise FmrlError(f"{path}: snapshot was taken with --out {out['path']}; resume with the same --out")
         if self.out is not None:
-            if not self.out.exists() or self.out.stat().st_size < out["bytes"]:
-                raise FmrlError(f"{self.out}: shorter than at the snapshot; cannot resume the --out file")
-            os.truncate(self.out, out["bytes"])
+            partial = self.partial_out
+            if header["complete"] and not partial.exists() and self.out.exists():
+                os.replace(self.out, partial)  # a finished replay resumed again: it rewrites nothing
+            if not partial.exists() or partial.stat().st_size < out["bytes"]:
+                raise FmrlError(f"{partial}: shorter than at the snapshot; cannot resume the --out file")
+            os.truncate(partial, out["bytes"])
             self._out_bytes = out["bytes"]
         counters = header["counters"]
         self.c = Counters(lines=stream["lines"], offset=stream["offset"], events=counters["events"],
-                          hits=counters["hits"], ndcg=counters["ndcg"], bad=counters["bad"],
+                          hits=counters["hits"], ndcg=counters["ndcg"],
+                          bad={**{kind: 0 for kind in BAD_KINDS}, **counters["bad"]},
                           bad_samples=counters["bad_samples"])
         state_bytes = header["state_bytes"]
         if state_bytes != self.rec.state_bytes:
@@ -170,7 +192,7 @@ class Replay:
         for key, last_ts, last_hit, last_ndcg in users:
             session = restore(body[offset:offset + state_bytes])
             offset += state_bytes
-            self.users[key] = [session, last_ts, last_hit, last_ndcg]
+            self.users[key] = UserSlot(session, last_ts, last_hit, last_ndcg)
         return True
 
     # -- the replay ----------------------------------------------------------------------------
@@ -199,8 +221,8 @@ class Replay:
             self.resumed = False
         if self.out is not None and not self.resumed:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.out.write_bytes(b"")
-        self._out_file = open(self.out, "ab") if self.out is not None else None
+            self.partial_out.write_bytes(b"")  # ours: a leftover of a killed run without --state-dir
+        self._out_file = open(self.partial_out, "ab") if self.out is not None else None
         try:
             started = time.perf_counter()
             self._loop(progress)
@@ -209,20 +231,21 @@ class Replay:
         finally:
             if self._out_file is not None:
                 self._out_file.close()
+        if self.out is not None:
+            os.replace(self.partial_out, self.out)
         return self.report()
 
     def _loop(self, progress) -> None:
         rec, opt, c = self.rec, self.opt, self.c
-        k, exclude, every = opt.k, opt.exclude_seen, opt.snapshot_every
-        catalog_index = rec._catalog.index
+        k, exclude, every, limit = opt.k, opt.exclude_seen, opt.snapshot_every, opt.limit
+        resolve = rec.resolve
         new_session = rec.new_session
         users = self.users
         lat_append = self.latencies.append
         perf = time.perf_counter_ns
-        loads = json.loads
         gain = [1.0 / math.log2(r + 2) for r in range(k)]
         prefix = self._prefix
-        out_file, item_ids = self._out_file, rec._catalog.ids
+        out_file, item_ids = self._out_file, rec.item_ids
         snapshots = self.state_dir is not None
         lineno, offset = c.lines, c.offset
         events, hits, ndcg = c.events, c.hits, c.ndcg
@@ -231,35 +254,36 @@ class Replay:
         with open(self.stream, "rb") as f:
             f.seek(offset)
             for raw in f:
+                if limit and events >= limit:
+                    break
                 lineno += 1
                 offset += len(raw)
                 if prefix is not None:
                     prefix.update(raw)
                 try:
-                    try:
-                        obj = loads(raw.decode())
-                    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-                        if not raw.strip():
-                            continue
-                        raise BadLine("invalid_json", f"invalid JSON ({getattr(e, 'msg', e)})") from None
-                    user, item, ts = check_fields(obj)
-                    index = catalog_index.get(item)
+                    parsed = parse_line(raw)
+                    if parsed is None:  # blank line
+                        continue
+                    user, item, ts, obj = parsed
+                    index = resolve(item)
                     if index is None:
                         raise BadLine("unknown_item", f"unknown item {item!r}")
                     slot = users.get(user)
                     if ts is not None and slot is not None:
-                        last = slot[1]
+                        last = slot.last_ts
                         if last is not None and ts < last:
                             raise BadLine("ts_backwards", f"ts {ts} < {last}, the previous ts of user {user!r}")
                 except BadLine as bad:
                     c.lines, c.offset, c.events, c.hits, c.ndcg = lineno, offset, events, hits, ndcg
                     self._bad(lineno, bad.kind, bad.what)
                     continue
+                except FmrlError as e:  # the Recommender's on_unknown='raise' policy
+                    raise FmrlError(f"{self.stream}:{lineno}: {e}") from None
                 if slot is None:
-                    slot = users[user] = [new_session(), None, 0.0, 0.0]
+                    slot = users[user] = UserSlot(new_session())
                 if ts is not None:
-                    slot[1] = ts
-                session = slot[0]
+                    slot.last_ts = ts
+                session = slot.session
                 t0 = perf()
                 top, scores = session.top(k, exclude)
                 ranked = top.tolist()
@@ -268,15 +292,15 @@ class Replay:
                     hits += 1
                     g = gain[rank]
                     ndcg += g
-                    slot[2], slot[3] = 1.0, g
+                    slot.last_hit, slot.last_ndcg = 1.0, g
                 else:
-                    slot[2], slot[3] = 0.0, 0.0
+                    slot.last_hit, slot.last_ndcg = 0.0, 0.0
                 session.observe_index(index)
                 lat_append(perf() - t0)
                 events += 1
                 if out_file is not None:
                     line = json.dumps({"line": lineno, "user": obj["user"], "item": obj["item"],
-                                       "hit": slot[2] > 0, "recs": [item_ids[i - 1] for i in ranked],
+                                       "hit": slot.last_hit > 0, "recs": [item_ids[i - 1] for i in ranked],
                                        "scores": [round(s, 6) for s in scores.tolist()]}) + "\n"
                     data = line.encode()
                     out_file.write(data)
@@ -295,8 +319,8 @@ class Replay:
         c, k = self.c, self.opt.k
         lat = np.frombuffer(self.latencies, dtype=np.int64) / 1000.0 if len(self.latencies) else np.zeros(1)
         slots = list(self.users.values())
-        last_hit = sum(s[2] for s in slots)
-        last_ndcg = sum(s[3] for s in slots)
+        last_hit = sum(s.last_hit for s in slots)
+        last_ndcg = sum(s.last_ndcg for s in slots)
         n_users = len(slots)
         return {
             "stream": str(self.stream),
@@ -307,6 +331,7 @@ class Replay:
             "exclude_seen": self.opt.exclude_seen,
             "lines": c.lines,
             "events": c.events,
+            "limit": self.opt.limit or None,   # --limit: only the first `limit` events were replayed
             "bad_lines": {kind: n for kind, n in c.bad.items() if n},
             "bad_line_samples": c.bad_samples,
             "latency_us": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),

@@ -50,25 +50,3 @@ def write_stream(out: str | Path, user_ids: list[str], item_ids: list[str], sequ
             f.write(json.dumps({"user": user_ids[owner], "item": item_ids[item - 1],
                                 "ts": START_TS + STEP_S * position}) + "\n")
     return {"users": int(sum(1 for s in seqs if len(s))), "events": int(len(owners)), "split": split, "seed": seed}
-
-
-def dataset_for_run(run_dir: str | Path):
-    """The dataset a run was trained on (from its config.json), checked against the run's items.json.
-    Reads JSON only: no model, no training code."""
-    from ..data.dataset import load_dataset
-    from ..fileio import read_json
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FmrlError(f"{run_dir}: not a run directory (no config.json)")
-    config = read_json(run_dir / "config.json")
-    try:
-        path = config["data"]["path"]
-        min_count = config.get("recipe", {}).get("data", {}).get("min_count", 5)
-    except (KeyError, TypeError):
-        raise FmrlError(f"{run_dir / 'config.json'}: no data.path") from None
-    dataset = load_dataset(path, min_count=min_count)
-    items_path = run_dir / "items.json"
-    if items_path.exists() and read_json(items_path) != dataset.item_ids:
-        raise FmrlError(f"{run_dir}: the run's items differ from {dataset.source}")
-    return dataset

@@ -68,6 +68,18 @@ def check_resumable(run_dir: Path) -> None:
             raise FmrlError(f"{run_dir}: training already finished (epoch {meta['epoch']}); nothing to resume")
 
 
+def remove_partial_writes(run_dir: Path) -> list[str]:
+    """Delete the temporary files of atomic writes cut short by a kill (training state, checkpoint,
+    metrics, history: `.NAME.<random>.tmp`). Call with the run's lock held. Returns the names removed."""
+    patterns = [f".{TENSORS}.tmp"] + [f".{name}.*.tmp" for name in (META, CHECKPOINT, "metrics.json", "history.jsonl")]
+    removed = []
+    for pattern in patterns:
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
 def has_state(run_dir: Path) -> bool:
     return (run_dir / TENSORS).exists()
 

@@ -10,27 +10,17 @@ from typing import Optional
 import typer
 
 from ..errors import FmrlError
-from ..fileio import REPO_ROOT, read_json
-
-
-def resolve_recipe(name_or_path: str) -> Path:
-    """A recipe path, or the name of one in the repository's recipes/ folder ('demo', 'beauty', ...)."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    builtin = REPO_ROOT / "recipes" / f"{name_or_path}.toml"
-    if builtin.exists():
-        return builtin
-    raise FmrlError(f"{name_or_path}: recipe not found (a .toml path, or one of: "
-                    f"{', '.join(p.stem for p in sorted((REPO_ROOT / 'recipes').glob('*.toml')))})")
+from ..fileio import read_json
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
-        recipe: Optional[str] = typer.Option(None, help="Recipe .toml, or a name from recipes/ (demo, beauty, ...). Default: demo."),
+        recipe: Optional[str] = typer.Option(None, help="Recipe .toml, or a built-in name (demo, beauty, ...: `fmrl-sdk recipes`). Default: demo."),
         data: Optional[str] = typer.Option(None, help="Data: P5 folder, CSV/JSONL file or 'demo' (overrides the recipe)."),
         features: Optional[str] = typer.Option(None, help="Features folder from `fmrl-sdk featurize` (overrides)."),
+        items: Optional[str] = typer.Option(None, help="Item catalogue (JSONL/CSV keyed by item) for the data report (overrides \\[data] items)."),
+        stride: Optional[int] = typer.Option(None, help="Override \\[data] stride: train every window of long histories, this many targets apart (0 = last max_len only)."),
         out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<recipe>-<time>)."),
         epochs: Optional[int] = typer.Option(None, help="Override \\[train] epochs."),
         sizes: Optional[str] = typer.Option(None, help="Override \\[model] sizes, e.g. 8,16,32,64."),
@@ -44,12 +34,14 @@ def register(app: typer.Typer) -> None:
         """Train one nested model that holds every granularity; writes a run directory."""
         from rich.console import Console
 
+        from ..data.dataset import report_line
         from . import checkpoint, distributed
-        from .recipe import Recipe, load_recipe
+        from .recipe import Recipe, find_recipe, load_recipe
         from .report import metrics_table
         from .trainer import prepare, train as run_training
 
-        overrides = {"recipe": recipe, "data": data, "features": features, "out": out, "epochs": epochs,
+        overrides = {"recipe": recipe, "data": data, "features": features, "items": items, "stride": stride,
+                     "out": out, "epochs": epochs,
                      "sizes": sizes, "item-embedding": item_embedding, "seed": seed, "loss": loss}
         if nproc < 1:
             raise FmrlError(f"--nproc {nproc}: expected at least 1")
@@ -67,10 +59,12 @@ def register(app: typer.Typer) -> None:
             rec = Recipe.from_dict(config["recipe"], source=str(run_dir / "config.json"))
             checkpoint.check_resumable(run_dir)
         else:
-            recipe_path = resolve_recipe(recipe or "demo")
-            rec = load_recipe(recipe_path)
+            recipe_path, recipe_base = find_recipe(recipe or "demo")
+            rec = load_recipe(recipe_path, recipe_base)
             rec.override("data", "path", data)
             rec.override("data", "features", str(Path(features).resolve()) if features else None)
+            rec.override("data", "items", str(Path(items).resolve()) if items else None)
+            rec.override("data", "stride", stride)
             rec.override("train", "epochs", epochs)
             rec.override("train", "seed", seed)
             rec.override("train", "loss", loss)
@@ -88,7 +82,7 @@ def register(app: typer.Typer) -> None:
             raise FmrlError(f"{run_dir}: the run's items differ from {prepared.dataset.source}")
         if nproc > 1:  # every worker re-validates the same input; the run directory is fixed here
             args = ["--resume", str(run_dir)] if resume is not None else [
-                "--recipe", str(recipe_path), "--out", str(run_dir),
+                "--recipe", recipe or "demo", "--out", str(run_dir),
                 *[a for k, v in overrides.items() if v is not None and k not in ("recipe", "out")
                   for a in (f"--{k}", str(v))]]
             code = distributed.launch(nproc, ["train", *args, "--device", device])
@@ -98,6 +92,8 @@ def register(app: typer.Typer) -> None:
 
         dist = distributed.setup(device)
         console = Console()
+        if dist.main:
+            console.print(report_line(prepared.dataset, rec.data.max_len, rec.data.stride))
         try:
             run_dir = Path(distributed.broadcast_text(str(run_dir), dist))
             result = run_training(prepared, run_dir, console, dist, resume=resume is not None)
@@ -120,29 +116,29 @@ def register(app: typer.Typer) -> None:
         plot: bool = typer.Option(True, help="Write a PNG of metrics against size into the run."),
         features: Optional[Path] = typer.Option(None, help="Features folder, if it moved since training."),
         data: Optional[str] = typer.Option(None, help="Data path, if it moved since training."),
+        items: Optional[str] = typer.Option(None, help="Item catalogue, if it moved since training (checked, then reported)."),
     ):
         """Full-ranking evaluation at every granularity (Recall/NDCG/MRR@5,10,20,50)."""
         import time
 
         from rich.console import Console
 
-        from ..data.dataset import load_dataset
+        from ..data.catalogue import alignment_lines
         from .evaluate import evaluate
         from .report import metrics_table, plot_metrics
-        from .run import load_run, newest_run, write_metrics
+        from .run import load_run, load_run_dataset, newest_run, write_metrics
         from .trainer import make_progress
 
         if split not in ("test", "val"):
             raise FmrlError(f"--split {split!r}: expected test or val")
         loaded = load_run(run or newest_run(), features)
-        recipe = loaded.config["recipe"]
-        dataset = load_dataset(data or loaded.config["data"]["path"], min_count=recipe["data"]["min_count"])
-        if dataset.item_ids != loaded.item_ids:
-            raise FmrlError(f"{loaded.path}: the run's items differ from {dataset.source}")
+        dataset = load_run_dataset(loaded.info, data, items)
         console = Console()
+        for line in alignment_lines(dataset.report.get("catalogue")):
+            console.print(line)
         started = time.perf_counter()
         with make_progress(console) as progress:
-            metrics = evaluate(loaded.model, dataset, split, recipe["data"]["max_len"], batch_size,
+            metrics = evaluate(loaded.model, dataset, split, loaded.info.max_len, batch_size,
                                mask_history=mask_history, progress=progress)
         seconds = time.perf_counter() - started
         key = split + ("_masked_history" if mask_history else "")
@@ -153,3 +149,33 @@ def register(app: typer.Typer) -> None:
             png = plot_metrics({str(k): v for k, v in metrics.items()}, loaded.path / f"metrics_{key}.png",
                                f"{dataset.name} {key}")
             console.print(f"plot: {png}" if png else "plot skipped (pip install matplotlib)")
+
+    @app.command("recipes")
+    def recipes_cmd(
+        show: Optional[str] = typer.Option(None, help="Print this recipe's TOML (to copy and edit)."),
+    ):
+        """List the built-in recipes (shipped in the package; `train --recipe NAME`) and where their data is."""
+        import os
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from .recipe import builtin_recipes, find_recipe, load_recipe
+
+        if show is not None:
+            typer.echo(find_recipe(show)[0].read_text(), nl=False)
+            return
+        table = Table(title="built-in recipes (train --recipe NAME)")
+        for col in ("name", "model", "data, from here", "found"):
+            table.add_column(col, overflow="fold")
+        for name in builtin_recipes():
+            rec = load_recipe(*find_recipe(name))
+            paths = [p for p in (rec.data.path, rec.data.features, rec.data.items) if p and p != "demo"]
+            shown = [os.path.relpath(p) if not os.path.relpath(p).startswith("../../..") else p for p in paths]
+            table.add_row(name, f"{rec.model.item_embedding} {rec.model.sizes[0]}-{rec.model.sizes[-1]}",
+                          "\n".join(shown) or "packaged demo data",
+                          "yes" if all(Path(p).exists() for p in paths) else "no")
+        console = Console()
+        console.print(table)
+        console.print("Relative paths of a built-in recipe start from ./recipes/ here (a checkout's recipes/); "
+                      "to change them: `fmrl-sdk recipes --show NAME > my.toml`, edit, `train --recipe my.toml`.")

@@ -70,7 +70,7 @@ def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, bat
             begin = size
             ranked = scores if excluded is None else scores.masked_fill(excluded, float("-inf"))
             target_score = ranked.gather(1, target[:, None])
-            ranks = (ranked > target_score).sum(1)
+            ranks = (ranked >= target_score).sum(1) - 1  # items tied with the target rank above it
             for name, values in rank_metrics(ranks, ks).items():
                 sums[size][name] += values.sum().item()
         if progress:

@@ -314,16 +314,6 @@ class NegativeSampler(torch.nn.Module):
         return index + 1, self.log_q[index] + math.log(m)
 
 
-def item_rows(model, rows: torch.Tensor) -> torch.Tensor:
-    """Rows `rows` of model.item_table() without computing the others (content projection is per row)."""
-    out = 0
-    if model.cfg.item_embedding in ("content", "hybrid"):
-        out = model.content_vectors(model.features[rows])
-    if model.cfg.item_embedding in ("id", "hybrid"):
-        out = out + model.id_embedding.weight[rows]
-    return out
-
-
 LOSSES = ("full", "chunked", "sampled")
 
 
@@ -362,7 +352,7 @@ class Objective(torch.nn.Module):
         neg_ids, neg_log_q = negatives if negatives is not None else self.sampler(self.num_negatives, inputs.device)
         zero = torch.zeros(1, dtype=inputs.dtype, device=inputs.device)
         rows = torch.unique(torch.cat([zero, inputs.flatten(), targets.flatten(), neg_ids]))  # sorted, 0 first
-        table = item_rows(self.model, rows)
+        table = self.model.item_table(rows)
         hidden = self.model(torch.searchsorted(rows, inputs), table)
         has_target = targets > 0
         labels = targets[has_target]

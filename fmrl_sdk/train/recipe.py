@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FmrlError
-from ..fileio import read_toml
+from ..fileio import package_data_dir, read_toml
 from ..model.model import DEFAULT_SIZES, ITEM_EMBEDDINGS
 
 
@@ -20,6 +20,8 @@ class DataSection:
     features: str = ""               # folder written by `fmrl-sdk featurize` ("" = none)
     max_len: int = 50                # history length the model sees in training and evaluation
     min_count: int = 5               # k-core for CSV/JSONL interaction files
+    items: str = ""                  # item catalogue (JSONL/CSV keyed by item) for the data report ("" = none)
+    stride: int = 0                  # 0: train each user's last max_len targets; S: every window, S apart
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Recipe:
         if t.negative_sampler not in ("uniform", "popularity"):
             raise FmrlError(f"{src}: [train] negative_sampler must be 'uniform' or 'popularity'")
         checks = [(d.max_len >= 1, "[data] max_len >= 1"), (d.min_count >= 1, "[data] min_count >= 1"),
+                  (0 <= d.stride <= d.max_len, "[data] 0 <= stride <= max_len"),
                   (m.num_blocks >= 1, "[model] num_blocks >= 1"),
                   (0 <= m.dropout < 1 and 0 <= m.lru_dropout < 1, "[model] dropouts in [0, 1)"),
                   (0 <= m.r_min < m.r_max <= 1, "[model] 0 <= r_min < r_max <= 1"),
@@ -135,12 +138,38 @@ def _type_ok(default, value) -> bool:
     return isinstance(value, type(default))
 
 
-def load_recipe(path: str | Path) -> Recipe:
+RECIPES_DIR = package_data_dir("recipes")  # the packaged copies of the checkout's recipes/*.toml
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Recipe name -> packaged .toml file."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.toml"))}
+
+
+def find_recipe(name_or_path: str) -> tuple[Path, Path]:
+    """(recipe file, folder its relative paths start from) for a .toml path or a built-in name.
+
+    A file given by path resolves relative paths from its own folder. A built-in name reads the packaged
+    copy and resolves them from ./recipes/ of the working directory, as if the file were there: from a
+    checkout's root `--recipe beauty` and `--recipe recipes/beauty.toml` mean the same data."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path, path.parent
+    builtin = builtin_recipes().get(name_or_path)
+    if builtin is not None:
+        return builtin, Path.cwd() / "recipes"
+    raise FmrlError(f"{name_or_path}: recipe not found (a .toml path, or one of: {', '.join(builtin_recipes())}; "
+                    "`fmrl-sdk recipes` lists them)")
+
+
+def load_recipe(path: str | Path, base: str | Path | None = None) -> Recipe:
+    """Read and validate a recipe; relative data/features/items paths start from `base` (default: the
+    file's folder)."""
     path = Path(path)
+    base = Path(base) if base is not None else path.parent
     recipe = Recipe.from_dict(read_toml(path, "recipe"), source=str(path))
-    # relative data/feature paths are relative to the recipe file's folder
-    for key in ("path", "features"):
+    for key in ("path", "features", "items"):
         value = getattr(recipe.data, key)
         if value and value != "demo" and not Path(value).is_absolute():
-            setattr(recipe.data, key, str((path.parent / value).resolve()))
+            setattr(recipe.data, key, str((base / value).resolve()))
     return recipe

@@ -10,11 +10,12 @@ SHOWN = ("NDCG@5", "Recall@5", "NDCG@10", "Recall@10", "MRR@10", "NDCG@20", "Rec
 
 
 def metrics_table(metrics: dict, title: str) -> Table:
-    """metrics: {size: {name: value}} (size as int or str)."""
-    table = Table(title=title)
+    """metrics: {size: {name: value}} (size as int or str). Headers abbreviated (N@10 = NDCG@10, R = Recall)
+    so that the table fits 80 columns."""
+    table = Table(title=title, caption="N = NDCG, R = Recall, MRR = mean reciprocal rank")
     table.add_column("size", justify="right")
     for name in SHOWN:
-        table.add_column(name, justify="right")
+        table.add_column(name.replace("NDCG", "N").replace("Recall", "R"), justify="right")
     for size, values in sorted(metrics.items(), key=lambda kv: int(kv[0])):
         table.add_row(str(size), *(f"{values[name]:.4f}" for name in SHOWN))
     return table

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import __version__
-from ..data.dataset import Dataset, load_dataset, training_arrays
+from ..data.dataset import Dataset, data_report, load_dataset, training_arrays
 from ..errors import FmrlError
 from ..fileio import atomic_write_json
-from ..model.model import FMRLRec, ModelConfig
+from ..model.model import FMRLRec, ModelConfig, uses_content
 from . import checkpoint, distributed
 from .distributed import Dist, evaluate_on
 from .loss import NegativeSampler, Objective
@@ -44,10 +44,10 @@ class Prepared:
 
 
 def prepare(recipe: Recipe) -> Prepared:
-    dataset = load_dataset(recipe.data.path, min_count=recipe.data.min_count)
+    dataset = load_dataset(recipe.data.path, min_count=recipe.data.min_count, items=recipe.data.items or None)
     m = recipe.model
     features = None
-    if m.item_embedding in ("content", "hybrid"):
+    if uses_content(m.item_embedding):
         if not recipe.data.features:
             raise FmrlError(f"{recipe.source}: item_embedding = {m.item_embedding!r} needs content features: "
                             "run `fmrl-sdk featurize` and pass --features DIR (or use item_embedding = 'id')")
@@ -120,7 +120,7 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     model = FMRLRec(prep.model_config, prep.features).to(dist.device)
     if dist.world > 1:
         torch.manual_seed(t.seed + dist.rank)  # same initial weights, own dropout masks and negatives
-    inputs, targets = training_arrays(dataset, recipe.data.max_len)
+    inputs, targets = training_arrays(dataset, recipe.data.max_len, recipe.data.stride)
     steps_per_epoch = distributed.steps_per_epoch(len(inputs), t.batch_size, dist)
     objective = make_objective(model, t, targets).to(dist.device)
     optimizer, scheduler = make_optimizer(model, t, steps_per_epoch)
@@ -131,6 +131,8 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     if dist.main and not resume:
         _create_run_dir(run_dir, prep, model, dist)
     lock = checkpoint.lock(run_dir) if dist.main else None
+    if dist.main and resume:
+        checkpoint.remove_partial_writes(run_dir)  # writes a kill cut short
     if resume and checkpoint.has_state(run_dir):
         meta, tensors = checkpoint.load_state(run_dir)
         if meta.get("finished"):
@@ -221,6 +223,9 @@ def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist) -
     atomic_write_json(run_dir / "config.json", {
         "sdk_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "recipe": recipe.to_dict(), "recipe_source": recipe.source, "model": prep.model_config.to_dict(),
-        "data": {"path": dataset.source, "name": dataset.name, **dataset.stats()},
+        # "demo" stays a name: the packaged folder moves with every (re)install of the SDK
+        "data": {"path": "demo" if recipe.data.path == "demo" else dataset.source, "name": dataset.name,
+                 **dataset.stats(),
+                 "report": data_report(dataset, recipe.data.max_len, recipe.data.stride)},
         "features": str(Path(recipe.data.features).resolve()) if prep.features is not None else None,
         "params": model.num_params(), "launch": {"processes": dist.world, "device": dist.device.type}})

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run = workdir / "runs" / f"demo-{stamp}"
-        bundle = workdir / "bundles" / f"{profile}-{stamp}"
+        bundle = workdir / "bundles" / profile  # the path README, examples/app.py and examples/cpp use
         events = workdir / "quickstart" / f"events-{stamp}.jsonl"
         report = workdir / "quickstart" / f"report-{stamp}.json"
         train_args = ["train", "--recipe", "demo", "--out", str(run)] + (["--epochs", str(epochs)] if epochs else [])
@@ -53,8 +53,9 @@ def register(app: typer.Typer) -> None:
             table.add_row(name, f"{seconds[name]:.1f}", str(output or ""))
         console.print(table)
         online = ", ".join(f"{k} {v:.4f}" for k, v in result.get("online", {}).items())
-        console.print(f"bundle: size {manifest['granularity']} for {manifest['profile']}, "
-                      f"{manifest['sizes']['bundle_bytes']:,} bytes, state {manifest['sizes']['state_bytes']} bytes")
+        console.print(f"bundle {bundle}: size {manifest['granularity']} for {manifest['profile']}, "
+                      f"{manifest['sizes']['bundle_bytes']:,} bytes, {result['state_bytes_per_user']:,} bytes "
+                      "per user session")
         console.print(f"simulate: {result['events']:,} events, {result['users']:,} users, online {online}, "
                       f"p50 {result['latency_us']['p50']:.0f} us/event, {result['events_per_s']:.0f} events/s")
         console.print(f"total {sum(seconds.values()):.0f} s")

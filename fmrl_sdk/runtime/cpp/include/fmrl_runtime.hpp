@@ -1,0 +1,114 @@
+// C++ convenience over the C ABI (header only): RAII handles, exceptions carrying fmrl_last_error().
+//
+//   fmrl::Recommender rec("bundles/phone-lowmem");
+//   fmrl::Session alice = rec.restore_or_new(saved_bytes);
+//   alice.observe("B0030HKJ8I");
+//   for (const auto& [id, score] : alice.recommend(10, /*exclude_seen=*/true)) ...
+//   std::vector<uint8_t> bytes = alice.to_bytes();
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fmrl_runtime.h"
+
+namespace fmrl {
+
+struct RuntimeError : std::runtime_error {
+  fmrl_status status;
+  RuntimeError(fmrl_status s, const char* what) : std::runtime_error(what), status(s) {}
+};
+
+inline void check(fmrl_status status) {
+  if (status != FMRL_OK) throw RuntimeError(status, fmrl_last_error());
+}
+
+class Session;
+
+// One opened bundle; share it between threads (see fmrl_runtime.h).
+class Recommender {
+ public:
+  explicit Recommender(const std::string& bundle_dir, const fmrl_open_options* options = nullptr) {
+    fmrl_recommender* rec = nullptr;
+    check(fmrl_open(bundle_dir.c_str(), options, &rec));
+    rec_.reset(rec);
+  }
+  fmrl_recommender* get() const { return rec_.get(); }
+  int granularity() const { return fmrl_granularity(get()); }
+  size_t state_bytes() const { return fmrl_state_bytes(get()); }
+  inline Session new_session() const;
+  inline Session restore(const std::vector<uint8_t>& bytes) const;
+  // the saved session, or a new one when there is none or it is refused (another bundle, corrupt...)
+  inline Session restore_or_new(const std::vector<uint8_t>& bytes) const;
+  size_t add_items(const std::vector<std::string>& ids, const std::vector<float>& vectors, size_t dims) {
+    std::vector<const char*> names;
+    for (const auto& id : ids) names.push_back(id.c_str());
+    size_t added = 0;
+    check(fmrl_add_items(get(), names.data(), names.size(), vectors.data(), dims, &added));
+    return added;
+  }
+
+ private:
+  struct Close {
+    void operator()(fmrl_recommender* rec) const { fmrl_close(rec); }
+  };
+  std::unique_ptr<fmrl_recommender, Close> rec_;
+};
+
+// One user's state; not thread-safe. Must not outlive its Recommender.
+class Session {
+ public:
+  Session(fmrl_recommender* rec, fmrl_session* session) : rec_(rec), session_(session) {}
+  bool observe(const std::string& item_id) {
+    int advanced = 0;
+    check(fmrl_observe(rec_, session_.get(), item_id.c_str(), &advanced));
+    return advanced != 0;
+  }
+  std::vector<std::pair<std::string, float>> recommend(int k = 10, bool exclude_seen = false) const {
+    std::vector<const char*> ids(k);
+    std::vector<float> scores(k);
+    size_t count = static_cast<size_t>(k);
+    check(fmrl_recommend(rec_, session_.get(), k, exclude_seen ? 1 : 0, ids.data(), scores.data(), nullptr, &count));
+    std::vector<std::pair<std::string, float>> out;
+    for (size_t r = 0; r < count; ++r) out.emplace_back(ids[r], scores[r]);
+    return out;
+  }
+  std::vector<uint8_t> to_bytes() const {
+    std::vector<uint8_t> bytes(fmrl_state_bytes(rec_));
+    size_t size = 0;
+    check(fmrl_session_to_bytes(rec_, session_.get(), nullptr, 0, bytes.data(), bytes.size(), &size));
+    return bytes;
+  }
+
+ private:
+  struct Free {
+    void operator()(fmrl_session* s) const { fmrl_session_free(s); }
+  };
+  fmrl_recommender* rec_;
+  std::unique_ptr<fmrl_session, Free> session_;
+};
+
+inline Session Recommender::new_session() const {
+  fmrl_session* s = nullptr;
+  check(fmrl_session_new(get(), &s));
+  return Session(get(), s);
+}
+
+inline Session Recommender::restore(const std::vector<uint8_t>& bytes) const {
+  fmrl_session* s = nullptr;
+  check(fmrl_session_restore(get(), bytes.data(), bytes.size(), nullptr, 0, &s));
+  return Session(get(), s);
+}
+
+inline Session Recommender::restore_or_new(const std::vector<uint8_t>& bytes) const {
+  fmrl_session* s = nullptr;
+  if (!bytes.empty() && fmrl_session_restore(get(), bytes.data(), bytes.size(), nullptr, 0, &s) == FMRL_OK)
+    return Session(get(), s);
+  return new_session();
+}
+
+}  // namespace fmrl

@@ -1,0 +1,376 @@
+// Reading and verifying a bundle directory: fmrl_sdk/runtime/bundle.py, check for check, message for message.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <regex>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+
+#include "internal.hpp"
+#include "picosha2/picosha2.h"
+
+namespace fmrl {
+namespace {
+
+constexpr int kSupportedFormatVersion = 2;
+const char* const kRequiredFiles[] = {"model.pte", "items.json", "cold_start.json"};
+const char* const kManifest = "manifest.json";
+constexpr long long kMaxGranularity = 1 << 16, kMaxBlocks = 1 << 10;
+
+[[noreturn]] void refuse(const std::string& what) { throw Error(FMRL_ERR_BUNDLE, what); }
+
+bool is_dir(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool is_file(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+bool is_symlink(const std::string& p) {
+  struct stat st;
+  return ::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
+}
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+bool is_int(const Json& v) { return v.is_number_integer() || v.is_number_unsigned(); }  // never a bool
+
+// Python's text[:n] for the ASCII names and digests this is used on.
+std::string head(const std::string& text, size_t n) { return text.substr(0, n); }
+
+// fileio.contained_path: root/name for a manifest's file name, refusing anything but a plain relative
+// path made of no symbolic links.
+std::string contained_path(const std::string& root, const Json& name_value, const std::string& where) {
+  if (!name_value.is_string() || name_value.get_ref<const std::string&>().empty() ||
+      name_value.get_ref<const std::string&>().find_first_of(std::string("\0\\", 2)) != std::string::npos)
+    refuse(where + ": file name " + py_repr_str(head(py_str(name_value), 80)) + " is not a plain relative path");
+  const std::string& name = name_value.get_ref<const std::string&>();
+  std::vector<std::string> parts;
+  for (size_t start = 0; start <= name.size();) {
+    size_t slash = name.find('/', start);
+    if (slash == std::string::npos) slash = name.size();
+    const std::string part = name.substr(start, slash - start);
+    if (!part.empty() && part != ".") parts.push_back(part);
+    start = slash + 1;
+  }
+  bool outside = name[0] == '/';
+  for (const auto& part : parts) outside |= part == "..";
+  if (outside) refuse(where + ": file name " + py_repr_str(head(name, 80)) + " points outside " + root);
+  std::string current = root;
+  for (const auto& part : parts) {
+    current = path_join(current, part);
+    if (is_symlink(current))
+      refuse(current + ": is a symbolic link; refusing to follow it (files must lie inside " + root + ")");
+  }
+  return current;
+}
+
+// The whole file, opened without following a link (a link swapped in after the checks is refused).
+std::shared_ptr<Blob> read_contained(const std::string& root, const Json& name, const std::string& where) {
+  const std::string file_path = contained_path(root, name, where);
+  if (!is_file(file_path))
+    refuse(root + ": " + name.get<std::string>() + " is listed in the manifest but missing (partial bundle?)");
+  const int fd = ::open(file_path.c_str(), O_RDONLY | O_NOFOLLOW);
+  struct stat st;
+  if (fd < 0 || ::fstat(fd, &st) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    refuse(file_path + ": cannot read (" + std::strerror(err) + ")");
+  }
+  auto blob = std::make_shared<Blob>(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < blob->size()) {
+    const ssize_t got = ::read(fd, blob->data() + done, blob->size() - done);
+    if (got <= 0) {
+      const int err = got < 0 ? errno : EIO;
+      ::close(fd);
+      refuse(file_path + ": cannot read (" + std::strerror(err) + ")");
+    }
+    done += static_cast<size_t>(got);
+  }
+  ::close(fd);
+  return blob;
+}
+
+// bundle.read_json_bytes: UTF-8 (a BOM allowed), any failure an error naming the file.
+Json read_json_bytes(const Blob& blob, const std::string& where, const std::string& what) {
+  const char* begin = reinterpret_cast<const char*>(blob.data());
+  const char* end = begin + blob.size();
+  if (blob.size() >= 3 && std::memcmp(begin, "\xEF\xBB\xBF", 3) == 0) begin += 3;
+  try {
+    (void)Json(std::string(begin, end)).dump();  // throws on invalid UTF-8, as bytes.decode("utf-8")
+  } catch (const Json::type_error&) {
+    refuse(where + ": " + what + " is not UTF-8");
+  }
+  try {
+    return Json::parse(begin, end);
+  } catch (const Json::parse_error& e) {
+    size_t line = 1;
+    for (const char* c = begin; c < end && c < begin + e.byte; ++c) line += *c == '\n';
+    std::string msg = e.what();
+    const size_t cut = msg.find("] ");
+    if (cut != std::string::npos) msg = msg.substr(cut + 2);
+    refuse(where + ":" + std::to_string(line) + ": invalid JSON in " + what + " (" + msg + ")");
+  }
+}
+
+long long check_int(const Json& manifest, const char* key, long long low, long long high, const std::string& where) {
+  const Json& v = manifest[key];
+  const bool in_range = v.is_number_unsigned()  // nlohmann: non-negative integers are unsigned
+                            ? v.get<unsigned long long>() >= static_cast<unsigned long long>(low) &&
+                                  v.get<unsigned long long>() <= static_cast<unsigned long long>(high)
+                            : v.get<long long>() >= low && v.get<long long>() <= high;
+  if (!is_int(v) || !in_range)
+    refuse(where + ": " + key + " must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
+           "], got " + py_repr(v));
+  return v.get<long long>();
+}
+
+// bundle._version_tuple: "1.5.1", "1.5.1rc1", "1.5.1.dev2", "1.5.1+cpu" -> (1, 5, 1); false if not a version.
+bool parse_version(const Json& v, std::vector<long long>& out) {
+  static const std::regex pattern(R"((\d+(?:\.\d+)*)(?:(?:a|b|rc|\.post|\.dev)\d*)*(?:\+[0-9A-Za-z.]+)?)");
+  std::smatch m;
+  if (!v.is_string()) return false;
+  const std::string& text = v.get_ref<const std::string&>();
+  if (!std::regex_match(text, m, pattern)) return false;
+  out.clear();
+  const std::string release = m[1];
+  for (size_t start = 0; start <= release.size();) {
+    size_t dot = release.find('.', start);
+    if (dot == std::string::npos) dot = release.size();
+    out.push_back(std::strtoll(release.substr(start, dot - start).c_str(), nullptr, 10));
+    start = dot + 1;
+  }
+  return true;
+}
+
+// bundle.check_manifest (plus the format-2 version rule).
+void check_manifest(const Json& m, const std::string& where) {
+  if (!m.is_object()) refuse(where + ": expected a JSON object");
+  const Json version = m.value("format_version", Json());
+  if (!is_int(version) || version.get<long long>() != kSupportedFormatVersion) {
+    if (is_int(version) && version.get<long long>() == 1)
+      refuse(where + ": format_version 1: the program takes item indices, this runtime feeds item vectors "
+             "(format 2); re-export the bundle with fmrl-sdk >= " + fmrl_version());
+    refuse(where + ": unsupported format_version " + py_repr(version) + " (this runtime reads " +
+           std::to_string(kSupportedFormatVersion) + "); upgrade fmrl-sdk or re-export the bundle");
+  }
+  for (const char* key : {"granularity", "num_blocks", "k_max", "state", "files", "item_table"})
+    if (!m.contains(key)) refuse(where + ": missing key " + py_repr_str(key));
+  const long long granularity = check_int(m, "granularity", 1, kMaxGranularity, where);
+  const long long blocks = check_int(m, "num_blocks", 1, kMaxBlocks, where);
+  check_int(m, "k_max", 1, 1LL << 31, where);
+  if (m.contains("num_items")) {
+    check_int(m, "num_items", 1, (1LL << 31) - 1, where);
+    if (m["k_max"].get<long long>() > m["num_items"].get<long long>())
+      refuse(where + ": k_max " + py_repr(m["k_max"]) + " exceeds num_items " + py_repr(m["num_items"]));
+  }
+  const Json& state = m["state"];
+  const Json shape = state.is_object() ? state.value("shape", Json()) : Json();
+  const bool shape_ok = shape.is_array() && shape.size() == 2 && is_int(shape[0]) && is_int(shape[1]) &&
+                        shape[0].get<long long>() == 2 * blocks && shape[1].get<long long>() == granularity;
+  if (!shape_ok)
+    refuse(where + ": state shape " + py_repr(shape) + " does not match [2 * num_blocks, granularity] = [" +
+           std::to_string(2 * blocks) + ", " + std::to_string(granularity) + "]");
+  if (state.value("dtype", Json("float32")) != "float32")
+    refuse(where + ": state dtype " + py_repr(state.value("dtype", Json())) + "; this runtime keeps float32 states");
+  const Json method = m.value("method", Json("forward"));
+  if (!method.is_string() || method.get_ref<const std::string&>().empty())
+    refuse(where + ": method must be a non-empty string, got " + py_repr(method));
+  std::vector<long long> parsed;
+  if (m.contains("executorch_version") && !parse_version(m["executorch_version"], parsed))
+    refuse(where + ": executorch_version " + py_repr(m["executorch_version"]) +
+           " is not a version (expected digits and dots, like 1.5.1)");
+  const Json& files = m["files"];
+  if (!files.is_object()) refuse(where + ": 'files' must map file names to sha256");
+  static const std::regex sha256_hex("[0-9a-f]{64}");
+  for (const auto& [name, digest] : files.items()) {
+    std::string lower = digest.is_string() ? digest.get<std::string>() : "";
+    for (auto& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    if (!digest.is_string() || !std::regex_match(lower, sha256_hex))
+      refuse(where + ": sha256 of " + py_repr_str(name) + " must be 64 hex digits, got " +
+             py_repr_str(head(py_str(digest), 80)));
+  }
+  std::string missing;
+  for (const char* name : kRequiredFiles)
+    if (!files.contains(name)) missing += (missing.empty() ? "" : ", ") + std::string(name);
+  if (!missing.empty()) refuse(where + ": 'files' does not list " + missing);
+}
+
+// bundle._finite_floats: `count` numbers (not bools) that are finite as float32.
+std::vector<float> finite_floats(const Json& values, size_t count, const char* what, const std::string& where) {
+  if (!values.is_array() || values.size() != count)
+    refuse(where + ": " + what + " must be a list of " + std::to_string(count) + " numbers");
+  std::vector<float> out;
+  out.reserve(count);
+  for (const auto& v : values)
+    if (!v.is_number()) refuse(where + ": " + what + " must hold numbers only");
+  for (const auto& v : values) {
+    const double d = v.get<double>();  // integers too, as float64 -> float32 in Python
+    out.push_back(static_cast<float>(d));
+    if (!std::isfinite(out.back())) refuse(where + ": " + what + " holds NaN, infinity or a value beyond float32");
+  }
+  return out;
+}
+
+// bundle._table_part: `count` values described by {"file", "offset", "dtype"}, checked against the file.
+const uint8_t* table_part(const Json& entry, const char* what, size_t count,
+                          const std::unordered_map<std::string, std::shared_ptr<Blob>>& contents,
+                          const std::string& where, std::shared_ptr<const Blob>& keep) {
+  if (!entry.is_object() || !entry.contains("file") || !entry.contains("offset") || !entry.contains("dtype"))
+    refuse(where + ": " + what + " must be an object with file, offset and dtype");
+  const Json &name = entry["file"], &offset = entry["offset"], &dtype = entry["dtype"];
+  if (!name.is_string() || !contents.count(name.get<std::string>()))
+    refuse(where + ": " + what + " file " + py_repr(name) + " is not listed under files");
+  if (dtype != "float32" && dtype != "int8")
+    refuse(where + ": " + what + " dtype " + py_repr(dtype) + " (expected float32 or int8)");
+  const auto& blob = contents.at(name.get<std::string>());
+  const unsigned long long nbytes = static_cast<unsigned long long>(count) * (dtype == "int8" ? 1 : 4);
+  // nlohmann reads a non-negative integer as unsigned, a negative one as signed
+  const bool fits = offset.is_number_unsigned() && offset.get<unsigned long long>() <= blob->size() &&
+                    nbytes <= blob->size() - offset.get<unsigned long long>();
+  if (!fits)
+    refuse(where + ": " + what + " at offset " + py_repr(offset) + " + " + std::to_string(nbytes) +
+           " bytes does not fit in " + name.get<std::string>() + " (" + std::to_string(blob->size()) + " bytes)");
+  keep = blob;
+  return blob->data() + offset.get<long long>();
+}
+
+// bundle.read_item_table: the format-2 item table, viewed in the bundle's bytes.
+ItemTable item_table(const Json& entry, const std::unordered_map<std::string, std::shared_ptr<Blob>>& contents,
+                     int64_t items, int32_t size, const std::string& where) {
+  if (!entry.is_object() || !entry.contains("rows") || !entry.contains("cols") || !entry.contains("scales"))
+    refuse(where + ": item_table must be an object with file, offset, dtype, rows, cols, scales");
+  const Json &rows = entry["rows"], &cols = entry["cols"];
+  if (!is_int(rows) || !is_int(cols) || rows.get<long long>() != items || cols.get<long long>() != size)
+    refuse(where + ": item_table is " + py_repr(rows) + " x " + py_repr(cols) + "; the bundle has " +
+           std::to_string(items) + " items of granularity " + std::to_string(size));
+  ItemTable table;
+  table.count = items;
+  table.cols = size;
+  table.rows = table_part(entry, "item_table", static_cast<size_t>(items) * size, contents, where, table.file);
+  if (entry["dtype"] == "float32") {
+    if (!entry["scales"].is_null())
+      refuse(where + ": a float32 item_table has no scales (got " + py_repr(entry["scales"]) + ")");
+    return table;
+  }
+  table.int8 = true;
+  const uint8_t* scales = table_part(entry["scales"], "item_table scales", static_cast<size_t>(items), contents,
+                                     where, table.scales_file);
+  if (entry["scales"]["dtype"] != "float32") refuse(where + ": item_table scales must be float32");
+  for (int64_t i = 0; i < items; ++i) {
+    float scale;
+    std::memcpy(&scale, scales + 4 * i, 4);
+    if (!std::isfinite(scale)) refuse(where + ": item_table scales hold NaN or infinity");
+  }
+  table.scales = reinterpret_cast<const float*>(scales);
+  return table;
+}
+
+}  // namespace
+
+Blob::Blob(size_t size) : size_(size) {
+  const size_t rounded = (size + 63) / 64 * 64;
+  data_ = static_cast<uint8_t*>(std::aligned_alloc(64, rounded ? rounded : 64));
+  if (!data_) throw std::bad_alloc();
+}
+Blob::~Blob() { std::free(data_); }
+
+void ItemTable::row(int64_t index, float* out) const {
+  const size_t offset = static_cast<size_t>(index - 1) * cols;
+  if (!int8) {
+    std::memcpy(out, rows + offset * 4, static_cast<size_t>(cols) * 4);  // little-endian hosts only
+    return;
+  }
+  float scale;
+  std::memcpy(&scale, reinterpret_cast<const uint8_t*>(scales) + static_cast<size_t>(index - 1) * 4, 4);
+  const int8_t* q = reinterpret_cast<const int8_t*>(rows) + offset;
+  for (int32_t j = 0; j < cols; ++j) out[j] = static_cast<float>(q[j]) * scale;
+}
+
+Bundle load_bundle(const std::string& path_arg, bool check_executorch_version) {
+  Bundle b;
+  const std::string path = path_normalise(path_arg);
+  b.path = path;
+  if (!is_dir(path)) refuse(path + ": bundle directory not found");
+  const std::string manifest_path = path_join(path, kManifest);
+  if (!exists(manifest_path) && !is_symlink(manifest_path))
+    refuse(path + ": not a bundle (no manifest.json); the export may be partial");
+  b.manifest = read_json_bytes(*read_contained(path, Json(kManifest), manifest_path), manifest_path, "the manifest");
+  const Json& m = b.manifest;
+  check_manifest(m, manifest_path);
+  std::unordered_map<std::string, std::shared_ptr<Blob>> contents;
+  for (const auto& [name, expected] : m["files"].items()) {
+    auto blob = read_contained(path, Json(name), manifest_path);
+    std::vector<unsigned char> digest(picosha2::k_digest_size);
+    picosha2::hash256(blob->data(), blob->data() + blob->size(), digest.begin(), digest.end());
+    const std::string actual = picosha2::bytes_to_hex_string(digest.begin(), digest.end());
+    const std::string& want = expected.get_ref<const std::string&>();
+    std::string lower = want;
+    for (auto& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    if (actual != lower)
+      refuse(path_join(path, path_normalise(name)) + ": sha256 mismatch (manifest " + head(want, 12) + "..., file " +
+             head(actual, 12) + "...); the bundle was modified or is incomplete");
+    contents[name] = std::move(blob);
+  }
+  std::vector<long long> exported, installed;
+  if (check_executorch_version && m.contains("executorch_version") &&
+      parse_version(Json(fmrl_executorch_version()), installed) && parse_version(m["executorch_version"], exported) &&
+      exported > installed)
+    refuse(manifest_path + ": exported with ExecuTorch " + py_str(m["executorch_version"]) + ", newer than the installed " +
+           fmrl_executorch_version() + "; upgrade executorch");
+  const std::string items_path = path_join(path, "items.json"), cold_path = path_join(path, "cold_start.json");
+  const Json item_ids = read_json_bytes(*contents["items.json"], items_path, "items.json");
+  if (!item_ids.is_array() || item_ids.empty()) refuse(items_path + ": expected a non-empty JSON list of item ids");
+  for (const auto& id : item_ids)
+    if (!((id.is_string() && !id.get_ref<const std::string&>().empty()) || is_int(id)))
+      refuse(items_path + ": item ids must be non-empty strings or integers");
+  b.item_ids.reserve(item_ids.size());
+  for (const auto& id : item_ids) b.item_ids.push_back(py_str(id));
+  if (std::set<std::string>(b.item_ids.begin(), b.item_ids.end()).size() != b.item_ids.size())
+    refuse(items_path + ": duplicate item ids");
+  const long long n = static_cast<long long>(b.item_ids.size());
+  if (m.contains("num_items") && m["num_items"].get<long long>() != n)
+    refuse(manifest_path + ": num_items " + py_repr(m["num_items"]) + " but items.json lists " + std::to_string(n));
+  b.k_max = static_cast<int32_t>(m["k_max"].get<long long>());
+  if (b.k_max > n) refuse(manifest_path + ": k_max " + std::to_string(b.k_max) + " exceeds the " + std::to_string(n) + " items");
+  b.granularity = static_cast<int32_t>(m["granularity"].get<long long>());
+  b.num_blocks = static_cast<int32_t>(m["num_blocks"].get<long long>());
+  b.rows = 2 * b.num_blocks;
+  // bundle.check_cold_start
+  const Json cold = read_json_bytes(*contents["cold_start.json"], cold_path, "cold_start.json");
+  if (!cold.is_object() || !cold.contains("indices") || !cold.contains("scores") || !cold.contains("hidden"))
+    refuse(cold_path + ": expected indices, scores and hidden");
+  const Json& indices = cold["indices"];
+  if (!indices.is_array() || static_cast<long long>(indices.size()) != b.k_max)
+    refuse(cold_path + ": indices must be a list of k_max = " + std::to_string(b.k_max) + " item indices");
+  for (const auto& i : indices) {
+    if (!is_int(i) || i.get<long long>() < 1 || i.get<long long>() > n)
+      refuse(cold_path + ": index " + py_repr(i) + " outside [1, " + std::to_string(n) + "]; the bundle has " +
+             std::to_string(n) + " items");
+    b.cold_indices.push_back(i.get<long long>());
+  }
+  if (std::set<int64_t>(b.cold_indices.begin(), b.cold_indices.end()).size() != b.cold_indices.size())
+    refuse(cold_path + ": duplicate indices; the bundle has " + std::to_string(n) + " items");
+  b.cold_scores = finite_floats(cold["scores"], b.k_max, "scores", cold_path);
+  b.cold_hidden = finite_floats(cold["hidden"], b.granularity, "hidden", cold_path);
+  b.method = m.value("method", std::string("forward"));
+  if (m.contains("profile") && m["profile"].is_string()) b.profile = m["profile"].get<std::string>();
+  b.table = item_table(m["item_table"], contents, n, b.granularity, manifest_path);
+  b.program = contents["model.pte"];
+  const std::string text = "fmrl-bundle" + std::string(1, '\0') + json_dumps_sorted(m["files"]);
+  std::vector<unsigned char> digest(picosha2::k_digest_size);
+  picosha2::hash256(text.begin(), text.end(), digest.begin(), digest.end());
+  std::memcpy(b.fingerprint, digest.data(), 16);
+  return b;
+}
+
+}  // namespace fmrl

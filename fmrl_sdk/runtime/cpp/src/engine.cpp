@@ -1,0 +1,161 @@
+// The step engine: one ExecuTorch method of the bundle's program (fmrl_sdk/runtime/engine.py).
+#include <executorch/extension/data_loader/buffer_data_loader.h>
+#include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
+#include <executorch/runtime/executor/memory_manager.h>
+#include <executorch/runtime/executor/method.h>
+#include <executorch/runtime/executor/program.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include <cmath>
+
+#include "internal.hpp"
+
+// The wheel ships libexecutorch_threadpool but not its header; these two declarations are the part of
+// extension/threadpool/threadpool.h that sizing the pool needs (same as the Python pybindings do).
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+namespace fmrl {
+namespace et = executorch::runtime;
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::aten::TensorImpl;
+
+namespace {
+[[noreturn]] void program_error(const std::string& what) { throw Error(FMRL_ERR_PROGRAM, what); }
+
+std::string shape_tuple(const Tensor& t) {  // Python's tuple(o.shape)
+  std::string out = "(";
+  for (ssize_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));
+  return out + (t.dim() == 1 ? ",)" : ")");
+}
+}  // namespace
+
+struct Engine::Impl {
+  std::shared_ptr<const Blob> program_bytes;
+  std::unique_ptr<executorch::extension::BufferDataLoader> loader;
+  std::unique_ptr<et::Program> program;
+  executorch::extension::MallocMemoryAllocator method_allocator, temp_allocator;
+  std::vector<std::unique_ptr<uint8_t[]>> planned;
+  std::vector<et::Span<uint8_t>> planned_spans;
+  std::unique_ptr<et::HierarchicalAllocator> planned_allocator;
+  std::unique_ptr<et::MemoryManager> memory;
+  std::unique_ptr<et::Method> method;
+  // inputs: x [1, s] and state [rows, s], in buffers of our own
+  std::vector<float> x, state;
+  TensorImpl::SizesType x_sizes[2], state_sizes[2];
+  TensorImpl::DimOrderType dim_order[2] = {0, 1};
+  TensorImpl::StridesType x_strides[2], state_strides[2];
+  std::unique_ptr<TensorImpl> x_impl, state_impl;
+  int32_t rows, size, k_max;
+  bool float_indices = false;
+  std::mutex mutex;
+};
+
+void Engine::set_threads(int threads) {
+  if (threads < 1) throw Error(FMRL_ERR_ARGUMENT, "threads must be >= 1, got " + std::to_string(threads));
+  et::runtime_init();
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  if (pool && pool->get_thread_count() != static_cast<size_t>(threads))
+    pool->_unsafe_reset_threadpool(static_cast<uint32_t>(threads));
+}
+
+Engine::Engine(std::shared_ptr<const Blob> program_bytes, const std::string& method_name, int32_t rows,
+               int32_t size, int32_t k_max)
+    : impl_(std::make_unique<Impl>()) {
+  et::runtime_init();
+  Impl& m = *impl_;
+  m.rows = rows, m.size = size, m.k_max = k_max;
+  m.program_bytes = std::move(program_bytes);
+  m.loader = std::make_unique<executorch::extension::BufferDataLoader>(m.program_bytes->data(),
+                                                                       m.program_bytes->size());
+  auto program = et::Program::load(m.loader.get(), et::Program::Verification::InternalConsistency);
+  if (!program.ok())
+    program_error("ExecuTorch could not load the program: error " + std::to_string(int(program.error())));
+  m.program = std::make_unique<et::Program>(std::move(*program));
+  auto meta = m.program->method_meta(method_name.c_str());
+  if (!meta.ok()) program_error("the program has no method " + py_repr_str(method_name));
+  for (size_t i = 0; i < meta->num_memory_planned_buffers(); ++i) {
+    const size_t bytes = static_cast<size_t>(*meta->memory_planned_buffer_size(i));
+    m.planned.emplace_back(new uint8_t[bytes ? bytes : 1]);
+    m.planned_spans.emplace_back(m.planned.back().get(), bytes);
+  }
+  m.planned_allocator = std::make_unique<et::HierarchicalAllocator>(
+      et::Span<et::Span<uint8_t>>(m.planned_spans.data(), m.planned_spans.size()));
+  m.memory = std::make_unique<et::MemoryManager>(&m.method_allocator, m.planned_allocator.get(), &m.temp_allocator);
+  auto method = m.program->load_method(method_name.c_str(), m.memory.get());
+  if (!method.ok())
+    program_error("ExecuTorch could not load the program: method " + py_repr_str(method_name) + " failed with error " +
+                  std::to_string(int(method.error())));
+  m.method = std::make_unique<et::Method>(std::move(*method));
+  if (m.method->inputs_size() != 2 || m.method->outputs_size() < 4)
+    program_error("the program takes " + std::to_string(m.method->inputs_size()) + " inputs and returns " +
+                  std::to_string(m.method->outputs_size()) + " outputs; expected (x, state) -> (scores, indices, "
+                  "new_state, hidden)");
+  m.x.assign(size, 0.0f);
+  m.state.assign(static_cast<size_t>(rows) * size, 0.0f);
+  m.x_sizes[0] = 1, m.x_sizes[1] = size, m.x_strides[0] = size, m.x_strides[1] = 1;
+  m.state_sizes[0] = rows, m.state_sizes[1] = size, m.state_strides[0] = size, m.state_strides[1] = 1;
+  m.x_impl = std::make_unique<TensorImpl>(ScalarType::Float, 2, m.x_sizes, m.x.data(), m.dim_order, m.x_strides);
+  m.state_impl = std::make_unique<TensorImpl>(ScalarType::Float, 2, m.state_sizes, m.state.data(), m.dim_order,
+                                              m.state_strides);
+  // one call to check the program's outputs against the manifest (as PteEngine does)
+  if (m.method->set_input(et::EValue(Tensor(m.x_impl.get())), 0) != et::Error::Ok ||
+      m.method->set_input(et::EValue(Tensor(m.state_impl.get())), 1) != et::Error::Ok)
+    program_error("the program does not take (x float32 [1, " + std::to_string(size) + "], state float32 [" +
+                  std::to_string(rows) + ", " + std::to_string(size) + "])");
+  if (m.method->execute() != et::Error::Ok) program_error("the program failed on its first call");
+  const Tensor scores = m.method->get_output(0).toTensor(), indices = m.method->get_output(1).toTensor();
+  const Tensor new_state = m.method->get_output(2).toTensor(), hidden = m.method->get_output(3).toTensor();
+  if (indices.scalar_type() != ScalarType::Long) {
+    // some int8 exports return the top-k indices as float32: exact below 2^24 items (engine.py)
+    if (indices.scalar_type() != ScalarType::Float)
+      program_error("the program returns indices as dtype " + std::to_string(int(indices.scalar_type())) +
+                    ", expected int64");
+    m.float_indices = true;
+  }
+  const bool ok = scores.dim() == 1 && scores.size(0) == k_max && new_state.dim() == 2 && new_state.size(0) == rows &&
+                  new_state.size(1) == size && hidden.dim() == 1 && hidden.size(0) == size &&
+                  scores.scalar_type() == ScalarType::Float && new_state.scalar_type() == ScalarType::Float &&
+                  hidden.scalar_type() == ScalarType::Float && indices.numel() == k_max;
+  if (!ok)
+    program_error("the program's outputs [" + shape_tuple(scores) + ", " + shape_tuple(indices) + ", " +
+                  shape_tuple(new_state) + ", " + shape_tuple(hidden) + "] do not match the manifest (k_max " +
+                  std::to_string(k_max) + ", state [" + std::to_string(rows) + ", " + std::to_string(size) + "])");
+}
+
+Engine::~Engine() = default;
+
+void Engine::step(const float* x, const float* state, float* scores, int32_t* indices, float* new_state,
+                  float* hidden) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mutex);
+  std::memcpy(m.x.data(), x, m.x.size() * 4);
+  std::memcpy(m.state.data(), state, m.state.size() * 4);
+  // set_input copies into the method's planned input buffers (or points at ours when inputs are not planned)
+  if (m.method->set_input(et::EValue(Tensor(m.x_impl.get())), 0) != et::Error::Ok ||
+      m.method->set_input(et::EValue(Tensor(m.state_impl.get())), 1) != et::Error::Ok)
+    program_error("ExecuTorch refused the step's inputs");
+  const et::Error err = m.method->execute();
+  if (err != et::Error::Ok) program_error("ExecuTorch step failed with error " + std::to_string(int(err)));
+  std::memcpy(scores, m.method->get_output(0).toTensor().const_data_ptr<float>(), static_cast<size_t>(m.k_max) * 4);
+  const Tensor out_indices = m.method->get_output(1).toTensor();
+  if (m.float_indices) {
+    const float* p = out_indices.const_data_ptr<float>();
+    for (int32_t r = 0; r < m.k_max; ++r) indices[r] = static_cast<int32_t>(p[r]);
+  } else {
+    const int64_t* p = out_indices.const_data_ptr<int64_t>();
+    for (int32_t r = 0; r < m.k_max; ++r) indices[r] = static_cast<int32_t>(p[r]);
+  }
+  std::memcpy(new_state, m.method->get_output(2).toTensor().const_data_ptr<float>(), m.state.size() * 4);
+  std::memcpy(hidden, m.method->get_output(3).toTensor().const_data_ptr<float>(), static_cast<size_t>(m.size) * 4);
+}
+
+}  // namespace fmrl

@@ -1,0 +1,132 @@
+// Internals of fmrl_runtime (not installed). Mirrors fmrl_sdk/runtime/{bundle,engine,recommender,seen}.py;
+// the error messages are the Python runtime's, word for word where the inputs allow.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "fmrl_runtime.h"
+#include "nlohmann_json/json.hpp"
+
+namespace fmrl {
+
+using Json = nlohmann::ordered_json;  // keeps the manifest's key order, as Python's dict does
+
+struct Error : std::runtime_error {
+  fmrl_status status;
+  Error(fmrl_status s, const std::string& what) : std::runtime_error(what), status(s) {}
+};
+
+// A file's bytes, 64-byte aligned (ExecuTorch reads the program's constants in place).
+class Blob {
+ public:
+  explicit Blob(size_t size);
+  ~Blob();
+  Blob(const Blob&) = delete;
+  Blob& operator=(const Blob&) = delete;
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* data_;
+  size_t size_;
+};
+
+// Python-compatible renderings used in messages and in the bundle fingerprint.
+std::string py_repr(const Json& value);              // repr() of a decoded JSON value
+std::string py_str(const Json& value);               // str() of it
+std::string py_repr_str(std::string_view text);      // repr() of a str
+std::string json_dumps_sorted(const Json& object);   // json.dumps(obj, sort_keys=True, separators=(",", ":"))
+std::string path_join(const std::string& a, const std::string& b);
+std::string path_normalise(const std::string& path); // what str(pathlib.Path(path)) prints
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0);  // zlib.crc32
+
+// The item table of a format-2 bundle: vector of internal index i (1..N) = row i - 1.
+struct ItemTable {
+  std::shared_ptr<const Blob> file, scales_file;  // keep the bytes alive
+  const uint8_t* rows = nullptr;                  // first row
+  const float* scales = nullptr;                  // int8 only: per-row scale (may be unaligned: memcpy)
+  bool int8 = false;
+  int64_t count = 0;
+  int32_t cols = 0;
+  void row(int64_t index, float* out) const;      // index 1..count -> out[cols] (float32)
+};
+
+struct Bundle {
+  std::string path;                  // as Python prints it
+  Json manifest;
+  std::vector<std::string> item_ids; // internal index i -> item_ids[i - 1]
+  std::vector<float> cold_scores, cold_hidden;
+  std::vector<int64_t> cold_indices;
+  std::shared_ptr<const Blob> program;
+  ItemTable table;
+  uint8_t fingerprint[16];
+  int32_t granularity = 0, num_blocks = 0, k_max = 0, rows = 0;
+  std::string method = "forward", profile;
+};
+
+// load_bundle of fmrl_sdk/runtime/bundle.py (plus the format-2 item table checks).
+Bundle load_bundle(const std::string& path, bool check_executorch_version);
+
+// One ExecuTorch method of the bundle's program. step() is serialised by a mutex (one method owns one
+// set of planned buffers), as PteEngine does in Python.
+class Engine {
+ public:
+  Engine(std::shared_ptr<const Blob> program, const std::string& method, int32_t rows, int32_t size,
+         int32_t k_max);
+  ~Engine();
+  // x [size], state [rows * size] -> scores [k_max], indices [k_max] (as int32), new_state, hidden [size].
+  // Outputs may alias the state input (copied in before the call).
+  void step(const float* x, const float* state, float* scores, int32_t* indices, float* new_state, float* hidden);
+  static void set_threads(int threads);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Immutable snapshot of the catalogue: the bundle's items, then items added after export.
+struct Catalog {
+  std::vector<const char*> ids;                       // internal index i -> ids[i - 1]
+  std::unordered_map<std::string_view, int64_t> index;
+  std::vector<uint32_t> positions;                    // [(1 + count) * hashes] Bloom bit positions, row 0 unused
+  std::vector<float> added;                           // [M * s] vectors of items N + 1 .. N + M
+  int64_t count() const { return static_cast<int64_t>(ids.size()); }
+};
+
+void bloom_positions(std::string_view id, uint32_t bits, uint32_t hashes, uint32_t* out);
+
+}  // namespace fmrl
+
+// The recommender behind the C handle.
+struct fmrl_recommender {
+  fmrl::Bundle bundle;
+  std::unique_ptr<fmrl::Engine> engine;
+  bool unknown_raise = false, exclude_seen = false;
+  uint32_t bloom_bits = 2048, bloom_hashes = 4;
+  size_t state_bytes = 0;
+
+  std::shared_ptr<const fmrl::Catalog> catalog() const {
+    std::lock_guard<std::mutex> lock(catalog_mutex);
+    return catalog_;
+  }
+  void set_catalog(std::shared_ptr<const fmrl::Catalog> next) {
+    std::lock_guard<std::mutex> lock(catalog_mutex);
+    catalog_ = std::move(next);
+  }
+
+  std::mutex add_mutex;                             // one add_items at a time
+  std::vector<std::unique_ptr<char[]>> added_ids;   // storage of added ids (stable pointers until close)
+
+ private:
+  mutable std::mutex catalog_mutex;
+  std::shared_ptr<const fmrl::Catalog> catalog_;
+};

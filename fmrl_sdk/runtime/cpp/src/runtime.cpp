@@ -1,0 +1,595 @@
+// Recommender and sessions behind the C ABI (fmrl_sdk/runtime/recommender.py and seen.py).
+//
+// A session is nothing but its serialised state (the layout of recommender.py's Session.to_bytes):
+//   header "<4sHHHHHHI16sQII": magic "FMRS", version, rows, size, k_max, bloom hashes, flags, bloom bytes,
+//          bundle fingerprint, observed, unknown, added (observed items added after export)
+//   state f32 [rows * size], hidden f32 [size], cached top-k scores f32 [k_max], indices i32 [k_max],
+//   Bloom filter [bloom bytes], crc32 of everything before it (written by fmrl_session_to_bytes).
+// so a live session costs exactly fmrl_state_bytes and saving one is a copy plus a checksum.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "blake2/blake2.h"
+#include "internal.hpp"
+#include "picosha2/picosha2.h"
+
+#ifndef FMRL_VERSION
+#define FMRL_VERSION "0.1.0"
+#endif
+#ifndef FMRL_EXECUTORCH_VERSION
+#define FMRL_EXECUTORCH_VERSION "unknown"
+#endif
+
+namespace fmrl {
+namespace {
+
+constexpr char kMagic[4] = {'F', 'M', 'R', 'S'};
+constexpr uint16_t kStateVersion = 2;  // 2: the last counter counts observed added items
+constexpr size_t kHeader = 52, kCrc = 4, kMac = 32, kMinKey = 16;
+constexpr uint16_t kFlagSigned = 1;  // an HMAC-SHA256 tag (kMac bytes) follows the crc32
+constexpr double kMaxAbsState = 1e8; // largest |value| a restored state or hidden vector may hold
+// header field offsets
+constexpr size_t kVersionAt = 4, kRowsAt = 6, kSizeAt = 8, kKmaxAt = 10, kHashesAt = 12, kFlagsAt = 14,
+                 kBloomBytesAt = 16, kFingerprintAt = 20, kObservedAt = 36, kUnknownAt = 44, kAddedAt = 48;
+
+thread_local std::string last_error;
+
+template <typename T>
+T load(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+void store(uint8_t* p, T v) {
+  std::memcpy(p, &v, sizeof v);
+}
+template <typename T>
+void bump(uint8_t* p) {  // a header counter + 1, saturating at its maximum (as Python saves it)
+  const T v = load<T>(p);
+  if (v != static_cast<T>(~T(0))) store<T>(p, v + 1);
+}
+
+// Views into a session's bytes.
+struct View {
+  uint8_t* base;
+  float* state;
+  float* hidden;
+  float* scores;
+  int32_t* indices;
+  uint8_t* bloom;
+};
+
+View view(const fmrl_recommender* rec, const uint8_t* bytes) {
+  const Bundle& b = rec->bundle;
+  auto* base = const_cast<uint8_t*>(bytes);
+  View v{base, nullptr, nullptr, nullptr, nullptr, nullptr};
+  v.state = reinterpret_cast<float*>(base + kHeader);
+  v.hidden = v.state + static_cast<size_t>(b.rows) * b.granularity;
+  v.scores = v.hidden + b.granularity;
+  v.indices = reinterpret_cast<int32_t*>(v.scores + b.k_max);
+  v.bloom = reinterpret_cast<uint8_t*>(v.indices + b.k_max);
+  return v;
+}
+
+uint8_t* bytes_of(fmrl_session* s) { return reinterpret_cast<uint8_t*>(s); }
+const uint8_t* bytes_of(const fmrl_session* s) { return reinterpret_cast<const uint8_t*>(s); }
+
+void check_session(const fmrl_recommender* rec, const fmrl_session* s) {
+  if (!rec || !s) throw Error(FMRL_ERR_ARGUMENT, "NULL recommender or session");
+  // the layout depends on the bundle and the seen filter's size: both must be this recommender's
+  if (std::memcmp(bytes_of(s) + kFingerprintAt, rec->bundle.fingerprint, 16) != 0 ||
+      load<uint32_t>(bytes_of(s) + kBloomBytesAt) * 8 != rec->bloom_bits ||
+      load<uint16_t>(bytes_of(s) + kHashesAt) != rec->bloom_hashes)
+    throw Error(FMRL_ERR_ARGUMENT, "the session belongs to another recommender (bundle or seen filter)");
+}
+
+std::string hex(const uint8_t* p, size_t n) {
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) out += digits[p[i] >> 4], out += digits[p[i] & 15];
+  return out;
+}
+
+std::vector<unsigned char> sha256(const std::vector<unsigned char>& data) {
+  std::vector<unsigned char> digest(picosha2::k_digest_size);
+  picosha2::hash256(data.begin(), data.end(), digest.begin(), digest.end());
+  return digest;
+}
+
+// HMAC-SHA256(key, "fmrl-session\0" + signed_part), as recommender.py's _mac.
+std::vector<unsigned char> session_mac(const uint8_t* key, size_t key_size, const uint8_t* part, size_t size) {
+  std::vector<unsigned char> k(key, key + key_size);
+  if (k.size() > 64) k = sha256(k);
+  k.resize(64, 0);
+  std::vector<unsigned char> inner(64), outer(64);
+  for (size_t i = 0; i < 64; ++i) inner[i] = k[i] ^ 0x36, outer[i] = k[i] ^ 0x5c;
+  static const char kPrefix[] = "fmrl-session";
+  inner.insert(inner.end(), kPrefix, kPrefix + sizeof kPrefix);  // with its terminating NUL
+  inner.insert(inner.end(), part, part + size);
+  const auto inner_digest = sha256(inner);
+  outer.insert(outer.end(), inner_digest.begin(), inner_digest.end());
+  return sha256(outer);
+}
+
+void check_key(const uint8_t* key, size_t key_size) {
+  if (key && key_size < kMinKey)
+    throw Error(FMRL_ERR_ARGUMENT, "a session key needs at least " + std::to_string(kMinKey) +
+                                       " bytes (random, kept by the app), got " + std::to_string(key_size));
+}
+
+fmrl_session* allocate_session(size_t bytes) {
+  void* p = std::malloc(bytes);
+  if (!p) throw std::bad_alloc();
+  return static_cast<fmrl_session*>(p);
+}
+
+// Run `body`, turning exceptions into a status and the thread's last error.
+template <typename F>
+fmrl_status guarded(F&& body) {
+  try {
+    body();
+    last_error.clear();
+    return FMRL_OK;
+  } catch (const Error& e) {
+    last_error = e.what();
+    return e.status;
+  } catch (const std::bad_alloc&) {
+    last_error = "out of memory";
+    return FMRL_ERR_INTERNAL;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return FMRL_ERR_INTERNAL;
+  }
+}
+
+void require(bool ok, const char* what) {
+  if (!ok) throw Error(FMRL_ERR_ARGUMENT, what);
+}
+
+void item_vector(const fmrl_recommender* rec, const Catalog& cat, int64_t index, float* out) {
+  const int64_t n = static_cast<int64_t>(rec->bundle.item_ids.size());
+  if (index <= n) {
+    rec->bundle.table.row(index, out);
+  } else {
+    const size_t s = static_cast<size_t>(rec->bundle.granularity);
+    std::memcpy(out, cat.added.data() + static_cast<size_t>(index - n - 1) * s, s * 4);
+  }
+}
+
+bool bloom_contains(const uint8_t* bloom, const uint32_t* positions, uint32_t hashes) {
+  for (uint32_t j = 0; j < hashes; ++j)
+    if (!((bloom[positions[j] >> 3] >> (positions[j] & 7)) & 1)) return false;
+  return true;
+}
+
+}  // namespace
+
+void bloom_positions(std::string_view id, uint32_t bits, uint32_t hashes, uint32_t* out) {
+  // double hashing of a 64-bit blake2b digest of the UTF-8 id (seen.item_positions)
+  uint8_t digest[8];
+  blake2b(digest, sizeof digest, id.data(), id.size(), nullptr, 0);
+  const uint64_t h = load<uint64_t>(digest);  // little-endian hosts
+  const uint64_t h1 = h & 0xFFFFFFFFu, h2 = (h >> 32) | 1u;
+  for (uint32_t j = 0; j < hashes; ++j) out[j] = static_cast<uint32_t>((h1 + j * h2) % bits);
+}
+
+}  // namespace fmrl
+
+using namespace fmrl;
+
+extern "C" {
+
+const char* fmrl_version(void) { return FMRL_VERSION; }
+const char* fmrl_executorch_version(void) { return FMRL_EXECUTORCH_VERSION; }
+const char* fmrl_last_error(void) { return last_error.c_str(); }
+
+void fmrl_open_options_init(fmrl_open_options* o) {
+  if (!o) return;
+  o->on_unknown = FMRL_UNKNOWN_SKIP;
+  o->exclude_seen = 0;
+  o->bloom_bits = 2048;
+  o->bloom_hashes = 4;
+  o->threads = 0;
+  o->check_executorch_version = 1;
+}
+
+fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, fmrl_recommender** out) {
+  return guarded([&] {
+    require(bundle_dir && out, "fmrl_open: NULL argument");
+    *out = nullptr;
+    fmrl_open_options o;
+    fmrl_open_options_init(&o);
+    if (options) o = *options;
+    if (o.on_unknown != FMRL_UNKNOWN_SKIP && o.on_unknown != FMRL_UNKNOWN_RAISE)
+      throw Error(FMRL_ERR_ARGUMENT, "on_unknown must be FMRL_UNKNOWN_SKIP or FMRL_UNKNOWN_RAISE");
+    if (o.bloom_bits < 8 || o.bloom_bits % 8 || o.bloom_bits > (1u << 20))
+      throw Error(FMRL_ERR_ARGUMENT, "bloom bits must be a multiple of 8 in [8, 2^20], got " + std::to_string(o.bloom_bits));
+    if (o.bloom_hashes < 1 || o.bloom_hashes > 16)
+      throw Error(FMRL_ERR_ARGUMENT, "bloom hashes must be in [1, 16], got " + std::to_string(o.bloom_hashes));
+    auto rec = std::make_unique<fmrl_recommender>();
+    rec->bundle = load_bundle(bundle_dir, o.check_executorch_version != 0);
+    const Bundle& b = rec->bundle;
+    if (b.rows > 0xFFFF || b.granularity > 0xFFFF || b.k_max > 0xFFFF || b.rows < 2 || b.granularity < 1)
+      throw Error(FMRL_ERR_BUNDLE, b.path + "/manifest.json: state " + std::to_string(b.rows) + " x " +
+                                       std::to_string(b.granularity) + " or k_max " + std::to_string(b.k_max) +
+                                       " out of range");
+    if (o.threads) Engine::set_threads(o.threads);
+    rec->engine = std::make_unique<Engine>(b.program, b.method, b.rows, b.granularity, b.k_max);
+    if (static_cast<int64_t>(b.cold_indices.size()) != b.k_max)
+      throw Error(FMRL_ERR_BUNDLE, b.path + "/cold_start.json: " + std::to_string(b.cold_indices.size()) +
+                                       " entries, manifest k_max " + std::to_string(b.k_max));
+    for (int64_t i : b.cold_indices)
+      if (i < 1 || i > static_cast<int64_t>(b.item_ids.size()))
+        throw Error(FMRL_ERR_BUNDLE, b.path + "/cold_start.json: index " + std::to_string(i) + " out of range");
+    rec->unknown_raise = o.on_unknown == FMRL_UNKNOWN_RAISE;
+    rec->exclude_seen = o.exclude_seen != 0;
+    rec->bloom_bits = o.bloom_bits;
+    rec->bloom_hashes = o.bloom_hashes;
+    rec->state_bytes = kHeader + 4 * (static_cast<size_t>(b.rows) * b.granularity + b.granularity + 2 * b.k_max) +
+                       o.bloom_bits / 8 + kCrc;
+    auto cat = std::make_shared<Catalog>();
+    const size_t n = b.item_ids.size();
+    cat->ids.reserve(n);
+    cat->index.reserve(n);
+    cat->positions.assign((n + 1) * o.bloom_hashes, 0);
+    for (size_t i = 0; i < n; ++i) {
+      cat->ids.push_back(b.item_ids[i].c_str());
+      cat->index.emplace(b.item_ids[i], static_cast<int64_t>(i + 1));
+      bloom_positions(b.item_ids[i], o.bloom_bits, o.bloom_hashes, &cat->positions[(i + 1) * o.bloom_hashes]);
+    }
+    rec->set_catalog(std::move(cat));
+    *out = rec.release();
+  });
+}
+
+void fmrl_close(fmrl_recommender* rec) { delete rec; }
+
+int32_t fmrl_granularity(const fmrl_recommender* rec) { return rec ? rec->bundle.granularity : 0; }
+int32_t fmrl_k_max(const fmrl_recommender* rec) { return rec ? rec->bundle.k_max : 0; }
+int64_t fmrl_num_items(const fmrl_recommender* rec) {
+  return rec ? static_cast<int64_t>(rec->bundle.item_ids.size()) : 0;
+}
+int64_t fmrl_item_count(const fmrl_recommender* rec) { return rec ? rec->catalog()->count() : 0; }
+size_t fmrl_state_bytes(const fmrl_recommender* rec) { return rec ? rec->state_bytes : 0; }
+void fmrl_fingerprint(const fmrl_recommender* rec, uint8_t out[16]) {
+  if (rec && out) std::memcpy(out, rec->bundle.fingerprint, 16);
+}
+const char* fmrl_profile(const fmrl_recommender* rec) { return rec ? rec->bundle.profile.c_str() : ""; }
+
+int64_t fmrl_item_index(const fmrl_recommender* rec, const char* item_id) {
+  if (!rec || !item_id) return 0;
+  const auto cat = rec->catalog();
+  const auto it = cat->index.find(std::string_view(item_id));
+  return it == cat->index.end() ? 0 : it->second;
+}
+
+const char* fmrl_item_id(const fmrl_recommender* rec, int64_t index) {
+  if (!rec) return nullptr;
+  const auto cat = rec->catalog();
+  return index >= 1 && index <= cat->count() ? cat->ids[index - 1] : nullptr;
+}
+
+fmrl_status fmrl_item_vector(const fmrl_recommender* rec, const char* item_id, float* out, size_t capacity) {
+  return guarded([&] {
+    require(rec && item_id && out, "fmrl_item_vector: NULL argument");
+    if (capacity < static_cast<size_t>(rec->bundle.granularity))
+      throw Error(FMRL_ERR_BUFFER, "fmrl_item_vector: the buffer holds " + std::to_string(capacity) + " floats, " +
+                                       std::to_string(rec->bundle.granularity) + " needed");
+    const auto cat = rec->catalog();
+    const auto it = cat->index.find(std::string_view(item_id));
+    if (it == cat->index.end())
+      throw Error(FMRL_ERR_UNKNOWN_ITEM, "unknown item " + py_repr_str(item_id) +
+                                             ": not in the bundle nor added with add_items");
+    item_vector(rec, *cat, it->second, out);
+  });
+}
+
+fmrl_status fmrl_add_items(fmrl_recommender* rec, const char* const* ids, size_t count, const float* vectors,
+                           size_t dims, size_t* new_count) {
+  return guarded([&] {
+    require(rec && (count == 0 || (ids && vectors)), "fmrl_add_items: NULL argument");
+    const size_t s = static_cast<size_t>(rec->bundle.granularity);
+    if (new_count) *new_count = 0;
+    if (dims < s)
+      throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors have " + std::to_string(dims) + " dims, the bundle needs " +
+                                         std::to_string(s));
+    for (size_t i = 0; i < count * dims; ++i)
+      if (!std::isfinite(vectors[i])) throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors contain NaN or infinity");
+    std::vector<std::string_view> names;
+    for (size_t i = 0; i < count; ++i) {
+      require(ids[i] != nullptr, "fmrl_add_items: NULL id");
+      names.emplace_back(ids[i]);
+    }
+    {
+      std::vector<std::string_view> sorted = names;
+      std::sort(sorted.begin(), sorted.end());
+      if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+        throw Error(FMRL_ERR_ARGUMENT, "add_items: duplicate ids");
+    }
+    std::lock_guard<std::mutex> lock(rec->add_mutex);
+    const auto old = rec->catalog();
+    const int64_t n = static_cast<int64_t>(rec->bundle.item_ids.size());
+    size_t clashes = 0;
+    std::string_view first_clash;
+    for (auto name : names) {
+      const auto it = old->index.find(name);
+      if (it != old->index.end() && it->second <= n && !clashes++) first_clash = name;
+    }
+    if (clashes)
+      throw Error(FMRL_ERR_ARGUMENT, "add_items: " + py_repr_str(first_clash) + " is already in the bundle (" +
+                                         std::to_string(clashes) + " such ids); export-time items cannot be replaced");
+    auto next = std::make_shared<Catalog>(*old);
+    size_t added = 0;
+    for (size_t i = 0; i < count; ++i) {
+      auto it = next->index.find(names[i]);
+      int64_t index;
+      if (it == next->index.end()) {
+        const size_t len = names[i].size();
+        std::unique_ptr<char[]> copy(new char[len + 1]);
+        std::memcpy(copy.get(), names[i].data(), len);
+        copy[len] = '\0';
+        const char* stable = copy.get();
+        rec->added_ids.push_back(std::move(copy));
+        next->ids.push_back(stable);
+        index = next->count();
+        next->index.emplace(std::string_view(stable, len), index);
+        next->positions.resize(next->positions.size() + rec->bloom_hashes);
+        bloom_positions(std::string_view(stable, len), rec->bloom_bits, rec->bloom_hashes,
+                        &next->positions[static_cast<size_t>(index) * rec->bloom_hashes]);
+        next->added.resize(next->added.size() + s);
+        ++added;
+      } else {
+        index = it->second;
+      }
+      std::memcpy(next->added.data() + static_cast<size_t>(index - n - 1) * s, vectors + i * dims, s * 4);
+    }
+    rec->set_catalog(std::move(next));
+    if (new_count) *new_count = added;
+  });
+}
+
+fmrl_status fmrl_session_new(const fmrl_recommender* rec, fmrl_session** out) {
+  return guarded([&] {
+    require(rec && out, "fmrl_session_new: NULL argument");
+    const Bundle& b = rec->bundle;
+    fmrl_session* s = allocate_session(rec->state_bytes);
+    uint8_t* p = bytes_of(s);
+    std::memset(p, 0, rec->state_bytes);
+    std::memcpy(p, kMagic, 4);
+    store<uint16_t>(p + kVersionAt, kStateVersion);
+    store<uint16_t>(p + kRowsAt, static_cast<uint16_t>(b.rows));
+    store<uint16_t>(p + kSizeAt, static_cast<uint16_t>(b.granularity));
+    store<uint16_t>(p + kKmaxAt, static_cast<uint16_t>(b.k_max));
+    store<uint16_t>(p + kHashesAt, static_cast<uint16_t>(rec->bloom_hashes));
+    store<uint32_t>(p + kBloomBytesAt, rec->bloom_bits / 8);
+    std::memcpy(p + kFingerprintAt, b.fingerprint, 16);
+    View v = view(rec, p);
+    std::memcpy(v.hidden, b.cold_hidden.data(), b.cold_hidden.size() * 4);
+    std::memcpy(v.scores, b.cold_scores.data(), b.cold_scores.size() * 4);
+    for (int32_t r = 0; r < b.k_max; ++r) v.indices[r] = static_cast<int32_t>(b.cold_indices[r]);
+    *out = s;
+  });
+}
+
+fmrl_status fmrl_session_restore(const fmrl_recommender* rec, const uint8_t* data, size_t size,
+                                 const uint8_t* key, size_t key_size, fmrl_session** out) {
+  return guarded([&] {
+    require(rec && out && (data || !size), "fmrl_session_restore: NULL argument");
+    *out = nullptr;
+    auto state_error = [](const std::string& what) { throw Error(FMRL_ERR_STATE, what); };
+    if (size < kHeader + kCrc || std::memcmp(data, kMagic, 4) != 0)
+      state_error("not an fmrl-sdk session state (bad magic or too short)");
+    const uint16_t version = load<uint16_t>(data + kVersionAt);
+    if (version != kStateVersion)
+      state_error("session state version " + std::to_string(version) + "; this runtime reads " +
+                  std::to_string(kStateVersion));
+    const uint16_t flags = load<uint16_t>(data + kFlagsAt);
+    if (flags & ~kFlagSigned) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%#x", static_cast<unsigned>(flags));
+      state_error(std::string("session state has unknown flags ") + buf);
+    }
+    if (key) {
+      check_key(key, key_size);
+      if (!(flags & kFlagSigned))
+        state_error("session state is not signed but a key was given (replaced or edited?); start a new session");
+      bool match = size >= kHeader + kCrc + kMac;
+      if (match) {
+        const auto mac = session_mac(key, key_size, data, size - kMac);
+        unsigned char diff = 0;  // constant time, as hmac.compare_digest
+        for (size_t i = 0; i < kMac; ++i) diff |= mac[i] ^ data[size - kMac + i];
+        match = diff == 0;
+      }
+      if (!match)
+        state_error("session state signature does not match the key (edited, or signed with another key); "
+                    "start a new session");
+      size -= kMac;
+    } else if (flags & kFlagSigned) {
+      state_error("session state is signed: pass the app's key to restore(data, key=...)");
+    }
+    if (crc32(data, size - kCrc) != load<uint32_t>(data + size - kCrc))
+      state_error("session state is corrupt (checksum mismatch)");
+    const Bundle& b = rec->bundle;
+    if (std::memcmp(data + kFingerprintAt, b.fingerprint, 16) != 0)
+      state_error("session state belongs to another bundle (fingerprint " + hex(data + kFingerprintAt, 16) +
+                  ", this bundle " + hex(b.fingerprint, 16) + "); start a new session");
+    const uint16_t rows = load<uint16_t>(data + kRowsAt), s = load<uint16_t>(data + kSizeAt);
+    const uint16_t k_max = load<uint16_t>(data + kKmaxAt), hashes = load<uint16_t>(data + kHashesAt);
+    const uint32_t bloom_bytes = load<uint32_t>(data + kBloomBytesAt);
+    if (rows != b.rows || s != b.granularity || k_max != b.k_max)
+      state_error("session state shape " + std::to_string(rows) + "x" + std::to_string(s) + "/k_max " +
+                  std::to_string(k_max) + " does not match the bundle");
+    if (static_cast<uint64_t>(bloom_bytes) * 8 != rec->bloom_bits || hashes != rec->bloom_hashes)
+      state_error("session state uses a " + std::to_string(static_cast<uint64_t>(bloom_bytes) * 8) + "-bit/" +
+                  std::to_string(hashes) + "-hash seen filter; this Recommender was opened with " +
+                  std::to_string(rec->bloom_bits) + "/" + std::to_string(rec->bloom_hashes));
+    if (size != rec->state_bytes)
+      state_error("session state has " + std::to_string(size) + " bytes, expected " +
+                  std::to_string(rec->state_bytes) + " (truncated?)");
+    // values the runtime never writes (recommender.py: _check_state_values)
+    fmrl_session* session = allocate_session(rec->state_bytes);
+    std::unique_ptr<fmrl_session, void (*)(fmrl_session*)> owned(session, fmrl_session_free);
+    std::memcpy(bytes_of(session), data, rec->state_bytes);
+    store<uint16_t>(bytes_of(session) + kFlagsAt, 0);
+    const View v = view(rec, bytes_of(session));
+    const size_t state_count = static_cast<size_t>(b.rows) * b.granularity;
+    auto bounded = [](const float* x, size_t n) {
+      for (size_t i = 0; i < n; ++i)
+        if (!std::isfinite(x[i]) || std::fabs(x[i]) > kMaxAbsState) return false;
+      return true;
+    };
+    if (!bounded(v.state, state_count))
+      state_error("session state: its state holds NaN, infinity or |values| above 1e+08; start a new session");
+    if (!bounded(v.hidden, b.granularity))
+      state_error("session state: its hidden vector holds NaN, infinity or |values| above 1e+08; start a new session");
+    for (int32_t r = 0; r < b.k_max; ++r)
+      if (!std::isfinite(v.scores[r]))
+        state_error("session state: cached scores hold NaN or infinity; start a new session");
+    std::vector<int32_t> sorted(v.indices, v.indices + b.k_max);
+    std::sort(sorted.begin(), sorted.end());
+    if (sorted.front() < 1 || sorted.back() > static_cast<int64_t>(b.item_ids.size()) ||
+        std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+      state_error("session state: cached item indices outside [1, " + std::to_string(b.item_ids.size()) +
+                  "] or repeated; start a new session");
+    *out = owned.release();
+  });
+}
+
+void fmrl_session_free(fmrl_session* session) { std::free(session); }
+
+fmrl_status fmrl_session_to_bytes(const fmrl_recommender* rec, const fmrl_session* session, const uint8_t* key,
+                                  size_t key_size, uint8_t* out, size_t capacity, size_t* size) {
+  return guarded([&] {
+    check_session(rec, session);
+    check_key(key, key_size);
+    const size_t total = rec->state_bytes + (key ? kMac : 0);
+    if (size) *size = total;
+    if (!out || capacity < total)
+      throw Error(FMRL_ERR_BUFFER, "fmrl_session_to_bytes: needs a buffer of " + std::to_string(total) +
+                                       " bytes, got " + std::to_string(capacity));
+    const size_t body = rec->state_bytes - kCrc;
+    std::memcpy(out, bytes_of(session), body);
+    store<uint16_t>(out + kFlagsAt, key ? kFlagSigned : 0);
+    store<uint32_t>(out + body, crc32(out, body));
+    if (key) {
+      const auto mac = session_mac(key, key_size, out, rec->state_bytes);
+      std::memcpy(out + rec->state_bytes, mac.data(), kMac);
+    }
+  });
+}
+
+fmrl_status fmrl_observe_index(fmrl_recommender* rec, fmrl_session* session, int64_t index) {
+  return guarded([&] {
+    check_session(rec, session);
+    const auto cat = rec->catalog();
+    if (index < 1 || index > cat->count())
+      throw Error(FMRL_ERR_ARGUMENT, "internal item index " + std::to_string(index) + " out of range [1, " +
+                                         std::to_string(cat->count()) + "]");
+    uint8_t* p = bytes_of(session);
+    View v = view(rec, p);
+    const uint32_t* positions = &cat->positions[static_cast<size_t>(index) * rec->bloom_hashes];
+    for (uint32_t j = 0; j < rec->bloom_hashes; ++j) v.bloom[positions[j] >> 3] |= uint8_t(1u << (positions[j] & 7));
+    float x[4096];
+    std::vector<float> heap;
+    float* xp = x;
+    if (rec->bundle.granularity > 4096) heap.resize(rec->bundle.granularity), xp = heap.data();
+    item_vector(rec, *cat, index, xp);
+    rec->engine->step(xp, v.state, v.scores, v.indices, v.state, v.hidden);
+    bump<uint64_t>(p + kObservedAt);
+    if (index > static_cast<int64_t>(rec->bundle.item_ids.size())) bump<uint32_t>(p + kAddedAt);
+  });
+}
+
+fmrl_status fmrl_observe(fmrl_recommender* rec, fmrl_session* session, const char* item_id, int* advanced) {
+  if (advanced) *advanced = 0;
+  int64_t index = 0;
+  const fmrl_status found = guarded([&] {
+    check_session(rec, session);
+    require(item_id != nullptr, "fmrl_observe: NULL item id");
+    index = fmrl_item_index(rec, item_id);
+    if (index) return;
+    if (rec->unknown_raise)
+      throw Error(FMRL_ERR_UNKNOWN_ITEM,
+                  "unknown item " + py_repr_str(item_id) + ": not in the bundle nor added with add_items");
+    uint8_t* p = bytes_of(session);
+    bump<uint32_t>(p + kUnknownAt);
+  });
+  if (found != FMRL_OK || !index) return found;
+  const fmrl_status stepped = fmrl_observe_index(rec, session, index);
+  if (stepped == FMRL_OK && advanced) *advanced = 1;
+  return stepped;
+}
+
+fmrl_status fmrl_recommend(const fmrl_recommender* rec, const fmrl_session* session, int k, int exclude_seen,
+                           const char** ids, float* scores, int64_t* indices, size_t* count) {
+  return guarded([&] {
+    check_session(rec, session);
+    require(count != nullptr, "fmrl_recommend: NULL count");
+    const int32_t k_max = rec->bundle.k_max;
+    if (k < 1 || k > k_max)
+      throw Error(FMRL_ERR_ARGUMENT, "k must be in [1, " + std::to_string(k_max) + "] (the bundle's k_max), got " +
+                                         std::to_string(k));
+    if ((ids || scores || indices) && *count < static_cast<size_t>(k))
+      throw Error(FMRL_ERR_BUFFER, "fmrl_recommend: room for " + std::to_string(*count) + " items, k is " +
+                                       std::to_string(k));
+    const bool exclude = exclude_seen == FMRL_EXCLUDE_SEEN_DEFAULT ? rec->exclude_seen : exclude_seen != 0;
+    const auto cat = rec->catalog();
+    const View v = view(rec, bytes_of(session));
+    const uint32_t h = rec->bloom_hashes;
+    const int64_t n = static_cast<int64_t>(rec->bundle.item_ids.size());
+    const int64_t added = cat->count() - n;
+    size_t written = 0;
+    auto emit = [&](int64_t index, float score) {
+      if (exclude && bloom_contains(v.bloom, &cat->positions[static_cast<size_t>(index) * h], h)) return;
+      if (ids) ids[written] = cat->ids[index - 1];
+      if (scores) scores[written] = score;
+      if (indices) indices[written] = index;
+      ++written;
+    };
+    if (added == 0) {
+      for (int32_t r = 0; r < k_max && written < static_cast<size_t>(k); ++r) emit(v.indices[r], v.scores[r]);
+    } else {
+      // the program's top-k_max merged with every added item scored as hidden . vector (stable, best first)
+      const size_t s = static_cast<size_t>(rec->bundle.granularity);
+      std::vector<std::pair<float, int64_t>> merged;
+      merged.reserve(k_max + added);
+      for (int32_t r = 0; r < k_max; ++r) merged.emplace_back(v.scores[r], v.indices[r]);
+      for (int64_t a = 0; a < added; ++a) {
+        const float* vec = cat->added.data() + static_cast<size_t>(a) * s;
+        float dot = 0.0f;
+        for (size_t j = 0; j < s; ++j) dot += vec[j] * v.hidden[j];
+        merged.emplace_back(dot, n + 1 + a);
+      }
+      std::stable_sort(merged.begin(), merged.end(), [](const auto& a, const auto& b) {
+        if (std::isnan(a.first)) return false;  // NaN last, as numpy's argsort
+        return std::isnan(b.first) || a.first > b.first;
+      });
+      for (size_t r = 0; r < merged.size() && written < static_cast<size_t>(k); ++r)
+        emit(merged[r].second, merged[r].first);
+    }
+    *count = written;
+  });
+}
+
+fmrl_status fmrl_session_hidden(const fmrl_recommender* rec, const fmrl_session* session, float* out,
+                                size_t capacity) {
+  return guarded([&] {
+    check_session(rec, session);
+    require(out != nullptr, "fmrl_session_hidden: NULL output");
+    if (capacity < static_cast<size_t>(rec->bundle.granularity))
+      throw Error(FMRL_ERR_BUFFER, "fmrl_session_hidden: needs " + std::to_string(rec->bundle.granularity) + " floats");
+    std::memcpy(out, view(rec, bytes_of(session)).hidden, static_cast<size_t>(rec->bundle.granularity) * 4);
+  });
+}
+
+void fmrl_session_counters(const fmrl_session* session, uint64_t* observed, uint32_t* unknown, uint32_t* added) {
+  if (!session) return;
+  const uint8_t* p = bytes_of(session);
+  if (observed) *observed = load<uint64_t>(p + kObservedAt);
+  if (unknown) *unknown = load<uint32_t>(p + kUnknownAt);
+  if (added) *added = load<uint32_t>(p + kAddedAt);
+}
+
+}  // extern "C"
