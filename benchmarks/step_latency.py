@@ -43,7 +43,7 @@ from latency_tools import (
     time_window,
 )
 
-from fmrl_sdk.deploy.candidates import json_bytes, probe
+from fmrl_sdk.deploy.candidates import Prober, json_bytes
 from fmrl_sdk.deploy.export import (
     block_weight_bytes,
     build_program,
@@ -113,7 +113,8 @@ def bench_size(model, dataset, size: int, precision: str, events: int, tmp: Path
     window = best_threads(lambda: time_window(model, size, sequences, calls=max(100, events // 5)))
     pte_path = tmp / f"{size}-{precision}.pte"
     pte_path.write_bytes(program.pte)
-    loaded = probe(pte_path, num_state, torch.cat(inputs[:100]).numpy(), events=100)
+    with Prober() as prober:
+        loaded = prober.probe(pte_path, num_state, torch.cat(inputs[:100]).numpy(), events=100)
     bundle_bytes = (sum(len(data) for data in program.files.values()) + len(json_bytes(dataset.item_ids))
                     + len(json_bytes(step.cold_start())))
     weights = 4 * step.num_items * size + block_weight_bytes(step)

@@ -457,3 +457,26 @@ def test_measured_bundle_bytes_are_the_real_bundle(bundle, run_dir, demo):
     assert cand.step_p50_us > 0 and cand.runtime_bytes >= 0 and cand.val_ndcg10 == pytest.approx(0.02)
     cache = json.loads((Path(run_dir) / CACHE_FILE).read_text())
     assert cache["key"]["k_max"] == 50 and "16/fp32" in cache["entries"]
+
+
+def test_probe_server_measures_each_program_in_a_fresh_child(bundle, tmp_path):
+    bundle = bundle.out
+    """One probe server answers a batch; a program that fails to load is an error answer and the server
+    goes on (each measurement runs in its own forked child)."""
+    from fmrl_sdk.deploy.candidates import Prober
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    rows, cols = manifest["state"]["shape"]
+    pte = tmp_path / "model.pte"
+    pte.write_bytes((bundle / "model.pte").read_bytes())
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(b"not a program")
+    vectors = np.random.default_rng(0).standard_normal((8, cols)).astype(np.float32)
+    with Prober() as prober:
+        first = prober.probe(pte, (rows, cols), vectors, events=30)
+        with pytest.raises(RuntimeError, match="could not load"):
+            prober.probe(bad, (rows, cols), vectors, events=30)
+        second = prober.probe(pte, (rows, cols), vectors, events=30)
+    for result in (first, second):
+        assert result["events"] == 30 and 0 < result["step_p50_us"] <= result["step_p99_us"]
+        assert result["rss_growth_bytes"] > 0

@@ -2,7 +2,7 @@
 
 For each trained size x precision the exact bundle is built in memory (the same .pte, items.json and
 cold_start.json that `export` writes), so bundle bytes are real serialized bytes. The .pte is then run
-in a fresh process (probe.py) for its per-event latency on this CPU and the memory the runtime adds
+in a fresh process (a child of probe.py's server) for its per-event latency on this CPU and the memory the runtime adds
 when loading and running it (XNNPACK's packed weights, planned buffers), measured as RSS growth above
 that of a trivial one-weight XNNPACK program. int8 quality = the fp32 validation NDCG@10 of
 metrics.json plus the int8 - fp32 difference measured on real validation users through both .pte files.
@@ -51,21 +51,54 @@ def cache_key(run, k_max: int) -> dict:
             "executorch_version": executorch.version.__version__.split("+")[0]}
 
 
-def probe(pte_path: Path, num_state: tuple, vectors: np.ndarray, events: int = 400) -> dict:
-    """Run probe.py in a fresh interpreter on the item vectors [n, s] (the inputs, in turn); its JSON result."""
-    vectors_path = pte_path.with_suffix(".inputs.npy")
-    np.save(vectors_path, np.ascontiguousarray(vectors, dtype=np.float32))
-    cmd = [sys.executable, "-m", "fmrl_sdk.deploy.probe", str(pte_path), str(num_state[0]), str(num_state[1]),
-           str(vectors_path), str(events)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"probe of {pte_path} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return json.loads(lines[-1])
+class Prober:
+    """One probe server (probe.py --serve) for a batch of measurements; each program is measured in a child
+    forked for it. Use as a context manager; `probe` is one measurement."""
+
+    def __init__(self):
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        self._proc = subprocess.Popen([sys.executable, "-m", "fmrl_sdk.deploy.probe", "--serve"], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, bufsize=1)
+
+    def probe(self, pte_path: Path, num_state: tuple, vectors: np.ndarray, events: int = 400) -> dict:
+        """Latency and RSS growth of the program at pte_path, fed the item vectors [n, s] in turn."""
+        vectors_path = pte_path.with_suffix(".inputs.npy")
+        np.save(vectors_path, np.ascontiguousarray(vectors, dtype=np.float32))
+        request = {"program": str(pte_path), "rows": num_state[0], "cols": num_state[1],
+                   "inputs": str(vectors_path), "events": events}
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            answer = self._proc.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
+        lines = [line for line in answer.splitlines() if line.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {"error": "no answer"}
+        if "error" in result:
+            stderr = self._proc.stderr.read()[-2000:] if self._proc.poll() is not None else ""
+            raise RuntimeError(f"probe of {pte_path} failed: {result['error']} {stderr}".strip())
+        return result
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc.stdout.close()
+        self._proc.stderr.close()
+
+    def __enter__(self) -> "Prober":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def baseline_rss(tmp: Path) -> int:
+def baseline_rss(prober: Prober, tmp: Path) -> int:
     """RSS growth of loading and running a trivial one-weight XNNPACK program (runtime code pages,
     allocator pools): subtracted from every candidate's growth."""
     import torch
@@ -82,7 +115,7 @@ def baseline_rss(tmp: Path) -> int:
 
     path = tmp / "trivial.pte"
     path.write_bytes(lower(Trivial(), (torch.zeros(1, 1), torch.zeros(1, 1))))
-    return int(probe(path, (1, 1), np.ones((1, 1)), events=50)["rss_growth_bytes"])
+    return int(prober.probe(path, (1, 1), np.ones((1, 1)), events=50)["rss_growth_bytes"])
 
 
 def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh: bool = False, log=None,
@@ -119,10 +152,10 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh
         rng = np.random.default_rng(1)
         users = sorted(rng.permutation(dataset.num_users)[:QUALITY_USERS].tolist())
         max_len = run.info.max_len
-        with tempfile.TemporaryDirectory(prefix="fmrl-candidates-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="fmrl-candidates-") as tmp, Prober() as prober:
             tmp = Path(tmp)
             if "baseline_rss_bytes" not in cache or refresh:
-                cache["baseline_rss_bytes"] = baseline_rss(tmp)
+                cache["baseline_rss_bytes"] = baseline_rss(prober, tmp)
             # an int8 candidate also builds its fp32 twin (the quality reference) when that is cached
             total = len(missing) + sum(p == "int8" and (s, "fp32") not in missing for s, p in missing)
             done = 0
@@ -139,7 +172,7 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh
                     pte_path.write_bytes(program.pte)
                     num_state = (2 * step.num_blocks, size)
                     vectors = np.stack([program.table.vector(i) for i in stream])
-                    probed = probe(pte_path, num_state, vectors, events)
+                    probed = prober.probe(pte_path, num_state, vectors, events)
                     method = Stepper(load_program(program.pte, trusted=True), program.table)
                     program_bytes = sum(len(data) for data in program.files.values())
                     entry = {
