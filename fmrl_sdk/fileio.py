@@ -50,9 +50,9 @@ def _mode_like_open(path: Path, base: int = 0o666) -> int:
 
 
 def check_outputs_are_not_inputs(outputs: dict, inputs: dict) -> None:
-    """FmrlError when an output path is one of the inputs (same path, through a symbolic link, or a hard
-    link to the same file), before anything is written. outputs/inputs: {label: path or None}, labels
-    as the user knows them (e.g. "--out", "the stream")."""
+    """FmrlError when an output path is one of the inputs or another output (same path, through a
+    symbolic link, or a hard link to the same file), before anything is written. outputs/inputs:
+    {label: path or None}, labels as the user knows them (e.g. "--out", "the stream")."""
     from .errors import FmrlError
 
     def same(a: Path, b: Path) -> bool:
@@ -63,10 +63,11 @@ def check_outputs_are_not_inputs(outputs: dict, inputs: dict) -> None:
         except OSError:  # one of them does not exist yet
             return False
 
-    for out_label, out in outputs.items():
+    written = list(outputs.items())
+    for position, (out_label, out) in enumerate(written):
         if out is None:
             continue
-        for in_label, source in inputs.items():
+        for in_label, source in [*written[position + 1:], *inputs.items()]:
             if source is not None and same(Path(out), Path(source)):
                 raise FmrlError(f"{out}: {out_label} is {in_label} ({source}); writing it would destroy the "
                                 "input: choose another path")

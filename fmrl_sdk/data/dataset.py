@@ -358,19 +358,18 @@ def _k_core(rows: list[Row], k: int) -> tuple[list[Row], dict]:
     those that fell below k only after other rows were removed ("cascade")."""
     users = Counter(r[0] for r in rows)
     items = Counter(r[1] for r in rows)
+    raw_users, raw_items = len(users), len(items)
     direct_users = sum(c < k for c in users.values())
     direct_items = sum(c < k for c in items.values())
     rounds, kept = 0, rows
     while True:
-        users = Counter(r[0] for r in kept)
-        items = Counter(r[1] for r in kept)
         keep = [r for r in kept if users[r[0]] >= k and items[r[1]] >= k]
         if len(keep) == len(kept):
             break
         kept, rounds = keep, rounds + 1
-    users_left = len({r[0] for r in kept})
-    items_left = len({r[1] for r in kept})
-    raw_users, raw_items = len({r[0] for r in rows}), len({r[1] for r in rows})
+        users = Counter(r[0] for r in kept)
+        items = Counter(r[1] for r in kept)
+    users_left, items_left = len(users), len(items)   # the counters of `kept`
     return kept, {
         "min_count": k, "rounds": rounds, "interactions_dropped": len(rows) - len(kept),
         "users_dropped": raw_users - users_left, "items_dropped": raw_items - items_left,

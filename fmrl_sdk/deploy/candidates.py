@@ -118,7 +118,7 @@ def baseline_rss(prober: Prober, tmp: Path) -> int:
     return int(prober.probe(path, (1, 1), np.ones((1, 1)), events=50)["rss_growth_bytes"])
 
 
-def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh: bool = False, log=None,
+def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh: bool = False,
             sizes=None, events: int = 400, progress=None) -> list[Candidate]:
     """Candidates for every trained size (or `sizes`) x precision, from the cache or measured now.
     progress(done, total, label) is called before each measurement and once at the end."""
@@ -128,7 +128,6 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh
     from .export import Stepper, build_program, make_step, ndcg_at_10, sample_sequences
     from .measure import event_stream
 
-    log = log or (lambda msg: None)
     progress = progress or (lambda done, total, label: None)
     path = Path(run.path) / CACHE_FILE
     key = cache_key(run, k_max)
@@ -164,7 +163,6 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh
                 for precision in ("fp32", "int8"):
                     if (size, precision) not in missing and not (precision == "fp32" and (size, "int8") in missing):
                         continue
-                    log(f"measuring size {size} {precision}")
                     progress(done, total, f"size {size} {precision}")
                     step = make_step(run.model, size, k_max, precision)
                     program = build_program(step, precision)

@@ -28,13 +28,12 @@ import torch
 from .. import __version__
 from ..errors import FmrlError
 from ..fileio import atomic_directory, atomic_write_json, sha256_file
-from ..runtime.bundle import ItemTable, read_item_table
+from ..runtime.bundle import PROGRAM_FILE, ItemTable, read_item_table
 from ..runtime.program import load_program
 from .step import StepModel
 
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "int8")
-PROGRAM_FILE = "model.pte"
 # holds the item vectors only when their bytes cannot be located exactly once in the program
 SEPARATE_TABLE_FILE = "item_table.bin"
 # .pte vs eager: fp32 absolute score difference; int8 (vs the quantised eager graph) relative difference
@@ -179,10 +178,11 @@ class Stepper:
 
     def __init__(self, run, table: ItemTable):
         self.run, self.table = run, table
+        self._call = run.execute if hasattr(run, "execute") else (lambda inputs: run(*inputs))
 
     def __call__(self, item: int, state: torch.Tensor):
         x = torch.from_numpy(self.table.vector(int(item)))[None]
-        return self.run.execute((x, state)) if hasattr(self.run, "execute") else self.run(x, state)
+        return self._call((x, state))
 
 
 def sample_sequences(dataset, count: int = VERIFY_SEQUENCES, max_len: int = VERIFY_MAX_LEN,

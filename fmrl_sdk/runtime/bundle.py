@@ -17,7 +17,8 @@ from ..errors import FmrlError
 from ..fileio import contained_path
 
 SUPPORTED_FORMAT_VERSIONS = (2,)
-REQUIRED_FILES = ("model.pte", "items.json", "cold_start.json")
+PROGRAM_FILE = "model.pte"
+REQUIRED_FILES = (PROGRAM_FILE, "items.json", "cold_start.json")
 MANIFEST = "manifest.json"
 
 
@@ -86,7 +87,7 @@ class ItemTable:
         return rows if self.scales is None else rows * self.scales[:, None]
 
 
-def _table_part(entry, what: str, count: int, contents: dict, where) -> tuple[np.ndarray, dict]:
+def _table_part(entry, what: str, count: int, contents: dict, where) -> np.ndarray:
     """View of `count` values described by {"file", "offset", "dtype"}, checked against the file."""
     if not isinstance(entry, dict) or not all(k in entry for k in ("file", "offset", "dtype")):
         raise FmrlError(f"{where}: {what} must be an object with file, offset and dtype")
@@ -100,7 +101,7 @@ def _table_part(entry, what: str, count: int, contents: dict, where) -> tuple[np
     if not _is_int(offset) or offset < 0 or offset + nbytes > size:
         raise FmrlError(f"{where}: {what} at offset {offset!r} + {nbytes} bytes does not fit in {name} "
                         f"({size} bytes)")
-    return np.frombuffer(contents[name], dtype=ITEM_TABLE_DTYPES[dtype], count=count, offset=offset), entry
+    return np.frombuffer(contents[name], dtype=ITEM_TABLE_DTYPES[dtype], count=count, offset=offset)
 
 
 def read_item_table(entry, contents: dict, num_items: int, granularity: int, where) -> ItemTable:
@@ -112,12 +113,12 @@ def read_item_table(entry, contents: dict, num_items: int, granularity: int, whe
                                                                           and _is_int(entry["cols"])):
         raise FmrlError(f"{where}: item_table is {entry['rows']!r} x {entry['cols']!r}; the bundle has "
                         f"{num_items} items of granularity {granularity}")
-    flat, _ = _table_part(entry, "item_table", num_items * granularity, contents, where)
+    flat = _table_part(entry, "item_table", num_items * granularity, contents, where)
     if entry["dtype"] == "float32":
         if entry["scales"] is not None:
             raise FmrlError(f"{where}: a float32 item_table has no scales (got {entry['scales']!r})")
         return ItemTable(flat.reshape(num_items, granularity))
-    scales, _ = _table_part(entry["scales"], "item_table scales", num_items, contents, where)
+    scales = _table_part(entry["scales"], "item_table scales", num_items, contents, where)
     if entry["scales"]["dtype"] != "float32":
         raise FmrlError(f"{where}: item_table scales must be float32")
     if not np.isfinite(scales).all():
@@ -320,7 +321,7 @@ def load_bundle(path: str | Path, check_executorch_version: bool = True) -> Bund
     check_cold_start(cold, len(item_ids), manifest["k_max"], manifest["granularity"], cold_path)
     table = read_item_table(manifest["item_table"], contents, len(item_ids), manifest["granularity"], manifest_path)
     return Bundle(path=path, manifest=manifest, item_ids=item_ids, cold_start=cold,
-                  program=contents["model.pte"], item_table=table, fingerprint=bundle_fingerprint(manifest))
+                  program=contents[PROGRAM_FILE], item_table=table, fingerprint=bundle_fingerprint(manifest))
 
 
 def newest_bundle(root: str | Path = "bundles") -> Path:

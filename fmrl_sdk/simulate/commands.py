@@ -27,8 +27,6 @@ def simulate(stream, bundle=None, k: int = 10, report=None, out=None, state_dir=
                                        for name in ("manifest.json", *rec.manifest["files"])}}
     snapshot = Path(state_dir) / SNAPSHOT if state_dir is not None else None
     check_outputs_are_not_inputs({"--out": out, "--report": report, "the snapshot": snapshot}, inputs)
-    check_outputs_are_not_inputs({"--out": out}, {"--report": report, "the snapshot": snapshot})
-    check_outputs_are_not_inputs({"--report": report}, {"the snapshot": snapshot})
     if limit < 0:
         raise FmrlError(f"--limit {limit}: expected 0 (whole stream) or a positive number of events")
     replay = Replay(rec, stream, Options(k=k, exclude_seen=exclude_seen, strict=strict,

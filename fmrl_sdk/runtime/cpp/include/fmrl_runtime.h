@@ -57,7 +57,8 @@ typedef struct fmrl_open_options {
   int exclude_seen;          /* default of fmrl_recommend(..., FMRL_EXCLUDE_SEEN_DEFAULT, ...) */
   uint32_t bloom_bits;       /* seen filter size in bits (multiple of 8, 8..2^20); 2048 as in Python */
   uint32_t bloom_hashes;     /* hash positions per item (1..16); 4 as in Python */
-  int threads;               /* ExecuTorch CPU threads, process-wide (0: keep the default, one per core) */
+  int threads;               /* ExecuTorch CPU threads, process-wide (0: keep the default, one per core);
+                                resizes the pool: set it only while no other recommender is stepping */
   int check_executorch_version; /* refuse bundles exported by a newer ExecuTorch (1, the default) */
 } fmrl_open_options;
 

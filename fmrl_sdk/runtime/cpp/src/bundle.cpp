@@ -124,11 +124,11 @@ Json read_json_bytes(const Blob& blob, const std::string& where, const std::stri
 
 long long check_int(const Json& manifest, const char* key, long long low, long long high, const std::string& where) {
   const Json& v = manifest[key];
-  const bool in_range = v.is_number_unsigned()  // nlohmann: non-negative integers are unsigned
-                            ? v.get<unsigned long long>() >= static_cast<unsigned long long>(low) &&
-                                  v.get<unsigned long long>() <= static_cast<unsigned long long>(high)
-                            : v.get<long long>() >= low && v.get<long long>() <= high;
-  if (!is_int(v) || !in_range)
+  const bool in_range = is_int(v) && (v.is_number_unsigned()  // nlohmann: non-negative integers are unsigned
+                                          ? v.get<unsigned long long>() >= static_cast<unsigned long long>(low) &&
+                                                v.get<unsigned long long>() <= static_cast<unsigned long long>(high)
+                                          : v.get<long long>() >= low && v.get<long long>() <= high);
+  if (!in_range)
     refuse(where + ": " + key + " must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
            "], got " + py_repr(v));
   return v.get<long long>();
