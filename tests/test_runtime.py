@@ -163,6 +163,31 @@ def test_only_trusted_programs_skip_the_helper_process_check(art, monkeypatch):
     assert checked == [len(pte)]
 
 
+@pytest.mark.parametrize("bad", [0, -1, 10 ** 9])
+def test_program_indices_outside_the_catalogue_are_refused(art, bad):
+    """A program (tampered, yet loadable) returning an index outside [1, N] is an FmrlError, and the
+    session keeps its state (index 0 would otherwise name the last item, a huge one crash)."""
+    from fmrl_sdk.runtime import Recommender
+
+    rec = Recommender.open(art.bundle)
+    session = rec.new_session()
+    session.observe(rec.item_ids[0])
+    before = session.to_bytes()
+    real = rec.engine._method
+
+    def tampered(inputs):
+        scores, indices, state, hidden = real(inputs)
+        indices = indices.clone()
+        indices[-1] = bad
+        return scores, indices, state, hidden
+
+    rec.engine._method = tampered
+    with pytest.raises(FmrlError, match=rf"item indices outside \[1, {rec.bundle.num_items}\]"):
+        session.observe(rec.item_ids[1])
+    assert session.to_bytes() == before
+    rec.close()
+
+
 def test_loader_refuses_bad_thread_counts():
     from fmrl_sdk.runtime.program import set_threads
 

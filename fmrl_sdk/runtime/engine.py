@@ -26,7 +26,7 @@ class PteEngine:
     """
 
     def __init__(self, program: bytes, method: str, state_shape: tuple[int, int], k_max: int,
-                 threads: int | None = None):
+                 num_items: int, threads: int | None = None):
         import torch
 
         self._torch = torch
@@ -35,7 +35,7 @@ class PteEngine:
         self._loaded = load_program(program, method)   # keeps the program and its bytes alive
         self._method = self._loaded.execute
         self._lock = threading.Lock()
-        self.state_shape, self.k_max = tuple(state_shape), int(k_max)
+        self.state_shape, self.k_max, self.num_items = tuple(state_shape), int(k_max), int(num_items)
         # the one input buffer for x (ExecuTorch copies inputs in): filled under the lock
         self._x = torch.zeros(1, self.state_shape[1])
         self._x_view = self._x.numpy()[0]
@@ -69,6 +69,8 @@ class PteEngine:
         indices = indices.numpy()
         if self._cast_indices:
             indices = indices.astype(np.int64)
+        if not (indices.min() >= 1 and indices.max() <= self.num_items):   # NaN (float indices) fails too
+            raise FmrlError(f"the program returned item indices outside [1, {self.num_items}]")
         return scores.numpy(), indices, new_state.numpy(), hidden.numpy()
 
     def close(self) -> None:

@@ -129,7 +129,8 @@ class Recommender:
         if engine is None:
             from .engine import PteEngine
 
-            engine = PteEngine(bundle.program, bundle.method, bundle.state_shape, bundle.k_max, threads=threads)
+            engine = PteEngine(bundle.program, bundle.method, bundle.state_shape, bundle.k_max,
+                               bundle.num_items, threads=threads)
         return cls(bundle, engine, on_unknown=on_unknown, exclude_seen=exclude_seen,
                    bloom_bits=bloom_bits, bloom_hashes=bloom_hashes)
 
@@ -175,7 +176,7 @@ class Recommender:
         """`item_index` under the unknown-item policy: None for an unknown id with on_unknown='skip',
         FmrlError with on_unknown='raise'. What `Session.observe` uses; callers that stream events
         (simulate) resolve ids here and pass the index to `Session.observe_index`."""
-        index = self._catalog.index.get(item_id if type(item_id) is str else str(item_id))
+        index = self.item_index(item_id)
         if index is None and self.on_unknown == "raise":
             raise FmrlError(f"unknown item {item_id!r}: not in the bundle nor added with add_items")
         return index
@@ -364,9 +365,9 @@ class Session:
         positions = catalog.positions
         if not 0 < index < len(positions):
             raise FmrlError(f"internal item index {index} out of range [1, {len(positions) - 1}]")
-        seen.add(self._bloom, positions[index].tolist())
         x = rec._vector(index, catalog)
         self._scores, self._indices, self._state, self._hidden = rec.engine.step(x, self._state)
+        seen.add(self._bloom, positions[index].tolist())   # after the step: a failed step changes nothing
         self.observed += 1
         if index > rec.bundle.num_items:
             self.added += 1

@@ -55,6 +55,8 @@ struct Engine::Impl {
   TensorImpl::StridesType x_strides[2], state_strides[2];
   std::unique_ptr<TensorImpl> x_impl, state_impl;
   int32_t rows, size, k_max;
+  int64_t num_items;
+  std::vector<int32_t> indices;  // the step's indices, checked before any output is written
   bool float_indices = false;
   std::mutex mutex;
 };
@@ -68,11 +70,12 @@ void Engine::set_threads(int threads) {
 }
 
 Engine::Engine(std::shared_ptr<const Blob> program_bytes, const std::string& method_name, int32_t rows,
-               int32_t size, int32_t k_max)
+               int32_t size, int32_t k_max, int64_t num_items)
     : impl_(std::make_unique<Impl>()) {
   et::runtime_init();
   Impl& m = *impl_;
-  m.rows = rows, m.size = size, m.k_max = k_max;
+  m.rows = rows, m.size = size, m.k_max = k_max, m.num_items = num_items;
+  m.indices.assign(k_max, 0);
   m.program_bytes = std::move(program_bytes);
   m.loader = std::make_unique<executorch::extension::BufferDataLoader>(m.program_bytes->data(),
                                                                        m.program_bytes->size());
@@ -145,15 +148,20 @@ void Engine::step(const float* x, const float* state, float* scores, int32_t* in
     program_error("ExecuTorch refused the step's inputs");
   const et::Error err = m.method->execute();
   if (err != et::Error::Ok) program_error("ExecuTorch step failed with error " + std::to_string(int(err)));
-  std::memcpy(scores, m.method->get_output(0).toTensor().const_data_ptr<float>(), static_cast<size_t>(m.k_max) * 4);
   const Tensor out_indices = m.method->get_output(1).toTensor();
-  if (m.float_indices) {
-    const float* p = out_indices.const_data_ptr<float>();
-    for (int32_t r = 0; r < m.k_max; ++r) indices[r] = static_cast<int32_t>(p[r]);
-  } else {
-    const int64_t* p = out_indices.const_data_ptr<int64_t>();
-    for (int32_t r = 0; r < m.k_max; ++r) indices[r] = static_cast<int32_t>(p[r]);
+  for (int32_t r = 0; r < m.k_max; ++r) {
+    // written so that NaN (float indices) fails too; casting an out-of-range float is undefined
+    const bool ok = m.float_indices
+                        ? (out_indices.const_data_ptr<float>()[r] >= 1.0f &&
+                           out_indices.const_data_ptr<float>()[r] <= static_cast<float>(m.num_items))
+                        : (out_indices.const_data_ptr<int64_t>()[r] >= 1 &&
+                           out_indices.const_data_ptr<int64_t>()[r] <= m.num_items);
+    if (!ok) program_error("the program returned item indices outside [1, " + std::to_string(m.num_items) + "]");
+    m.indices[r] = m.float_indices ? static_cast<int32_t>(out_indices.const_data_ptr<float>()[r])
+                                   : static_cast<int32_t>(out_indices.const_data_ptr<int64_t>()[r]);
   }
+  std::memcpy(scores, m.method->get_output(0).toTensor().const_data_ptr<float>(), static_cast<size_t>(m.k_max) * 4);
+  std::memcpy(indices, m.indices.data(), static_cast<size_t>(m.k_max) * 4);
   std::memcpy(new_state, m.method->get_output(2).toTensor().const_data_ptr<float>(), m.state.size() * 4);
   std::memcpy(hidden, m.method->get_output(3).toTensor().const_data_ptr<float>(), static_cast<size_t>(m.size) * 4);
 }

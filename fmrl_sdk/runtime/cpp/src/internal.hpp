@@ -81,10 +81,11 @@ Bundle load_bundle(const std::string& path, bool check_executorch_version);
 class Engine {
  public:
   Engine(std::shared_ptr<const Blob> program, const std::string& method, int32_t rows, int32_t size,
-         int32_t k_max);
+         int32_t k_max, int64_t num_items);
   ~Engine();
   // x [size], state [rows * size] -> scores [k_max], indices [k_max] (as int32), new_state, hidden [size].
-  // Outputs may alias the state input (copied in before the call).
+  // Outputs may alias the state input (copied in before the call); nothing is written when the program
+  // returns an item index outside [1, num_items] (an error).
   void step(const float* x, const float* state, float* scores, int32_t* indices, float* new_state, float* hidden);
   static void set_threads(int threads);
 

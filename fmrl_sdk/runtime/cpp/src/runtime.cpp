@@ -216,7 +216,8 @@ fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, 
                                        std::to_string(b.granularity) + " or k_max " + std::to_string(b.k_max) +
                                        " out of range");
     if (o.threads) Engine::set_threads(o.threads);
-    rec->engine = std::make_unique<Engine>(b.program, b.method, b.rows, b.granularity, b.k_max);
+    rec->engine = std::make_unique<Engine>(b.program, b.method, b.rows, b.granularity, b.k_max,
+                                           static_cast<int64_t>(b.item_ids.size()));
     if (static_cast<int64_t>(b.cold_indices.size()) != b.k_max)
       throw Error(FMRL_ERR_BUNDLE, b.path + "/cold_start.json: " + std::to_string(b.cold_indices.size()) +
                                        " entries, manifest k_max " + std::to_string(b.k_max));
@@ -489,14 +490,15 @@ fmrl_status fmrl_observe_index(fmrl_recommender* rec, fmrl_session* session, int
                                          std::to_string(cat->count()) + "]");
     uint8_t* p = bytes_of(session);
     View v = view(rec, p);
-    const uint32_t* positions = &cat->positions[static_cast<size_t>(index) * rec->bloom_hashes];
-    for (uint32_t j = 0; j < rec->bloom_hashes; ++j) v.bloom[positions[j] >> 3] |= uint8_t(1u << (positions[j] & 7));
     float x[4096];
     std::vector<float> heap;
     float* xp = x;
     if (rec->bundle.granularity > 4096) heap.resize(rec->bundle.granularity), xp = heap.data();
     item_vector(rec, *cat, index, xp);
     rec->engine->step(xp, v.state, v.scores, v.indices, v.state, v.hidden);
+    // after the step: a failed step leaves the session as it was
+    const uint32_t* positions = &cat->positions[static_cast<size_t>(index) * rec->bloom_hashes];
+    for (uint32_t j = 0; j < rec->bloom_hashes; ++j) v.bloom[positions[j] >> 3] |= uint8_t(1u << (positions[j] & 7));
     bump<uint64_t>(p + kObservedAt);
     if (index > static_cast<int64_t>(rec->bundle.item_ids.size())) bump<uint32_t>(p + kAddedAt);
   });
