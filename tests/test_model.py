@@ -12,12 +12,15 @@ from fmrl_sdk.model.model import LRUState
 SIZES = (4, 8, 16, 32)
 
 
-def make_model(item_embedding="hybrid", blocks=2, num_items=60, feature_dim=12, sizes=SIZES, seed=0):
+def make_model(item_embedding="hybrid", blocks=2, num_items=60, feature_dim=12, sizes=SIZES, seed=0, whiten=False):
     torch.manual_seed(seed)
     features = torch.randn(num_items + 1, feature_dim)
+    if whiten:
+        features += 2.0 * torch.randn(feature_dim)  # off-centre, as encoder outputs are
     features[0] = 0
     cfg = ModelConfig(num_items=num_items, sizes=sizes, feature_dim=feature_dim, item_embedding=item_embedding,
-                      num_blocks=blocks, dropout=0.0, lru_dropout=0.0, r_min=0.4, r_max=0.99)
+                      num_blocks=blocks, dropout=0.0, lru_dropout=0.0, r_min=0.4, r_max=0.99,
+                      whiten_features=whiten)
     return FMRLRec(cfg, features if item_embedding != "id" else None).eval()
 
 
@@ -100,9 +103,39 @@ def test_padding_length_does_not_change_outputs():
     assert torch.allclose(short, long[:, -5:], atol=1e-6)
 
 
-@pytest.mark.parametrize("item_embedding", ["content", "id", "hybrid"])
-def test_cut_equals_nested_head_at_every_size(item_embedding):
-    model = make_model(item_embedding)
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_outputs_at_chosen_positions_equal_the_full_forward(blocks):
+    """forward(at=...) computes only where an item is or an output is wanted: the same states there
+    (training asks where targets are, including the padding position before a first item)."""
+    data = load_dataset("demo")
+    model = make_model(blocks=blocks, num_items=data.num_items)
+    inputs = left_pad([np.concatenate([[0], s[:-1]]) for s in data.train_sequences()[:24]], 13)
+    targets = left_pad([s for s in data.train_sequences()[:24]], 13)
+    inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
+    with torch.no_grad():
+        table = model.item_table()
+        full = model(inputs, table)
+        for at in (targets > 0, torch.zeros_like(inputs, dtype=torch.bool).index_fill_(1, torch.tensor([12]), True)):
+            assert torch.allclose(model(inputs, table, at=at), full[at], atol=1e-6)
+
+
+def test_whitened_features_have_identity_covariance_and_travel_with_the_weights():
+    model = make_model("content", whiten=True)
+    white = (model.features[1:] - model.feature_mean) @ model.feature_whitening   # [N, F]
+    covariance = white.T @ white / (len(white) - 1) * white.shape[1]
+    assert torch.allclose(white.mean(0), torch.zeros(12), atol=1e-5)
+    assert torch.allclose(covariance, torch.eye(12), atol=1e-3)
+    # the transform is part of the saved weights: a model built on other features and loaded gets it back
+    other = FMRLRec(model.cfg, torch.randn(61, 12)).eval()
+    other.load_state_dict(model.state_dict())
+    new_items = torch.randn(5, 12)
+    assert torch.equal(other.content_vectors(new_items), model.content_vectors(new_items))
+
+
+@pytest.mark.parametrize("item_embedding,whiten", [("content", False), ("id", False), ("hybrid", False),
+                                                   ("hybrid", True)])
+def test_cut_equals_nested_head_at_every_size(item_embedding, whiten):
+    model = make_model(item_embedding, whiten=whiten)
     items = torch.randint(0, 61, (4, 9))
     with torch.no_grad():
         table = model.item_table()

@@ -134,6 +134,10 @@ def test_evaluation_ranks_against_brute_force(tiny_run):
     ({"train": {"lr": "fast"}}, r"lr = 'fast' should be float"),
     ({"model": {"item_embedding": "ids"}}, "item_embedding must be one of"),
     ({"train": {"size_weights": [1, 2]}}, "size_weights needs 8"),
+    ({"model": {"whiten_features": 1}}, r"whiten_features = 1 should be bool"),
+    ({"train": {"epochs": True}}, r"epochs = True should be int"),
+    ({"train": {"select_on": "best"}}, r"select_on must be 'mean' or 'largest'"),
+    ({"train": {"length_buckets": -1}}, r"counts >= 0"),
 ])
 def test_recipe_validation(raw, match):
     with pytest.raises(FmrlError, match=match):

@@ -178,9 +178,9 @@ class HostView:
         self._table = self.model.item_table()
         return self._table.cpu()
 
-    def __call__(self, items: torch.Tensor, table=None) -> torch.Tensor:
+    def __call__(self, items: torch.Tensor, table=None, at: torch.Tensor | None = None) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.model(items.to(device), self._table).cpu()
+        return self.model(items.to(device), self._table, None if at is None else at.to(device)).cpu()
 
 
 def evaluate_on(model, dataset: Dataset, split: str, max_len: int, batch_size: int, d: Dist,

@@ -47,7 +47,9 @@ def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, bat
     was_training = model.training
     model.eval()
     histories, targets = dataset.history_and_target(split)
-    inputs = left_pad(histories, max_len)
+    # users in order of history length, so a batch is padded only to its own longest (sums are per user)
+    order = np.argsort([min(len(h), max_len) for h in histories], kind="stable")
+    inputs, targets = left_pad([histories[u] for u in order], max_len), targets[order]
     table = model.item_table()
     items, device = table[1:], table.device
     sizes = model.cfg.sizes
@@ -56,7 +58,10 @@ def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, bat
     for start in range(0, len(targets), batch_size):
         (batch,) = trim_left_padding(inputs[start:start + batch_size])
         target = torch.from_numpy(targets[start:start + batch_size]).to(device) - 1
-        hidden = model(torch.from_numpy(batch).to(device), table)[:, -1]  # [B, d]
+        items_in = torch.from_numpy(batch).to(device)
+        last = torch.zeros_like(items_in, dtype=torch.bool)
+        last[:, -1] = True
+        hidden = model(items_in, table, at=last)  # [B, d]: the state after each user's whole history
         excluded = None
         if mask_history:
             excluded = torch.zeros(len(target), items.shape[0], dtype=torch.bool)

@@ -116,6 +116,7 @@ def _logsumexp_rows(x: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
 def nested_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, sizes,
                          weights=None, method: str = "fused") -> torch.Tensor:
     """hidden [B, L, d], targets [B, L] item indices (0 = no target), table [N + 1, d] -> scalar loss.
+    (Also hidden [T, d] with targets [T], e.g. the model's output at=targets > 0.)
 
     method: fused (default) | running_sum | masked - the same loss, different arithmetic.
     """
@@ -338,7 +339,9 @@ class Objective(torch.nn.Module):
         if self.loss == "sampled":
             return self.sampled(inputs, targets, negatives)
         table = self.model.item_table()
-        hidden = self.model(inputs, table)
+        has_target = targets > 0
+        hidden = self.model(inputs, table, at=has_target)  # [T, d]: only where a target is
+        targets = targets[has_target]
         if self.loss == "chunked":
             return chunked_nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.item_chunk)
         return nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.method)
@@ -353,9 +356,9 @@ class Objective(torch.nn.Module):
         zero = torch.zeros(1, dtype=inputs.dtype, device=inputs.device)
         rows = torch.unique(torch.cat([zero, inputs.flatten(), targets.flatten(), neg_ids]))  # sorted, 0 first
         table = self.model.item_table(rows)
-        hidden = self.model(torch.searchsorted(rows, inputs), table)
         has_target = targets > 0
+        hidden = self.model(torch.searchsorted(rows, inputs), table, at=has_target)  # [T, d]
         labels = targets[has_target]
         return sampled_nested_cross_entropy(
-            hidden[has_target], labels, table[torch.searchsorted(rows, labels)], neg_ids,
+            hidden, labels, table[torch.searchsorted(rows, labels)], neg_ids,
             table[torch.searchsorted(rows, neg_ids)], neg_log_q, self.sizes, self.weights)

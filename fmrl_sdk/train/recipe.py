@@ -28,6 +28,7 @@ class DataSection:
 class ModelSection:
     sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
     item_embedding: str = "content"  # content | id | hybrid
+    whiten_features: bool = False    # content features centred and whitened before the projector
     num_blocks: int = 1
     dropout: float = 0.1
     lru_dropout: float = 0.1
@@ -43,7 +44,9 @@ class TrainSection:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 5.0
-    patience: int = 10               # early stopping on validation NDCG@10 at the largest size
+    patience: int = 10               # early stopping: epochs without a better validation score
+    select_on: str = "mean"          # validation score: mean of NDCG@10 over sizes | largest (size's NDCG@10)
+    length_buckets: int = 0          # >0: rows sorted by length within runs of this many batches (less padding)
     seed: int = 42
     size_weights: list[float] = field(default_factory=list)  # loss weight per size ([] = equal)
     loss_method: str = "fused"       # fused | running_sum | masked (same loss, different arithmetic)
@@ -97,6 +100,8 @@ class Recipe:
             raise FmrlError(f"{src}: [train] loss_method must be 'fused', 'masked' or 'running_sum'")
         if t.loss not in ("full", "chunked", "sampled"):
             raise FmrlError(f"{src}: [train] loss must be 'full', 'chunked' or 'sampled', got {t.loss!r}")
+        if t.select_on not in ("mean", "largest"):
+            raise FmrlError(f"{src}: [train] select_on must be 'mean' or 'largest', got {t.select_on!r}")
         if t.negative_sampler not in ("uniform", "popularity"):
             raise FmrlError(f"{src}: [train] negative_sampler must be 'uniform' or 'popularity'")
         checks = [(d.max_len >= 1, "[data] max_len >= 1"), (d.min_count >= 1, "[data] min_count >= 1"),
@@ -106,7 +111,8 @@ class Recipe:
                   (0 <= m.r_min < m.r_max <= 1, "[model] 0 <= r_min < r_max <= 1"),
                   (t.epochs >= 1 and t.batch_size >= 1 and t.eval_batch_size >= 1, "[train] positive sizes"),
                   (t.lr > 0 and t.weight_decay >= 0 and t.grad_clip > 0, "[train] lr > 0, grad_clip > 0"),
-                  (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0, "[train] counts >= 0"),
+                  (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0 and t.length_buckets >= 0,
+                   "[train] counts >= 0"),
                   (t.item_chunk >= 1 and t.num_negatives >= 1, "[train] item_chunk >= 1, num_negatives >= 1")]
         for ok, what in checks:
             if not ok:
@@ -121,15 +127,15 @@ def _section(section_cls, raw, where: str):
         if key not in fields:
             raise FmrlError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
         default = getattr(section_cls(), key)
-        if isinstance(default, bool) or not _type_ok(default, value):
+        if not _type_ok(default, value):
             raise FmrlError(f"{where}: {key} = {value!r} should be {type(default).__name__}")
     values = {k: (float(v) if isinstance(getattr(section_cls(), k), float) else v) for k, v in raw.items()}
     return section_cls(**values)
 
 
 def _type_ok(default, value) -> bool:
-    if isinstance(value, bool):
-        return False
+    if isinstance(value, bool) or isinstance(default, bool):  # true/false only where a bool is expected
+        return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, float):
         return isinstance(value, (int, float))
     if isinstance(default, list):

@@ -54,8 +54,8 @@ def prepare(recipe: Recipe) -> Prepared:
         features = load_item_features(recipe.data.features, dataset.item_ids)
     cfg = ModelConfig(num_items=dataset.num_items, sizes=tuple(m.sizes),
                       feature_dim=0 if features is None else features.shape[1], item_embedding=m.item_embedding,
-                      num_blocks=m.num_blocks, dropout=m.dropout, lru_dropout=m.lru_dropout,
-                      r_min=m.r_min, r_max=m.r_max)
+                      whiten_features=m.whiten_features and uses_content(m.item_embedding),
+                      num_blocks=m.num_blocks, dropout=m.dropout, lru_dropout=m.lru_dropout, r_min=m.r_min, r_max=m.r_max)
     return Prepared(recipe, dataset, features, cfg)
 
 
@@ -92,6 +92,31 @@ def make_optimizer(model: FMRLRec, t: TrainSection, steps_per_epoch: int):
     return optimizer, scheduler
 
 
+def epoch_batches(rng: np.random.Generator, lengths: np.ndarray, batch_size: int, steps: int,
+                  length_buckets: int) -> list[np.ndarray]:
+    """One epoch's batches (row indices): a random permutation cut into `steps` batches of `batch_size`.
+
+    length_buckets > 0: within each run of that many batches the rows are sorted by length (lengths [rows],
+    targets per row) and then all batches are shuffled, so a batch holds similar lengths and is padded far
+    less. Every epoch still uses every row once; only the grouping into batches changes.
+    """
+    order = rng.permutation(len(lengths))
+    if length_buckets:
+        group = length_buckets * batch_size
+        order = np.concatenate([g[np.argsort(lengths[g], kind="stable")]
+                                for g in np.split(order, range(group, len(order), group))])
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+    return [batches[i] for i in rng.permutation(steps)] if length_buckets else batches
+
+
+def selection_score(val: dict[int, dict[str, float]], select_on: str) -> float:
+    """The validation figure early stopping and the kept checkpoint follow: NDCG@10 at the largest size
+    ('largest', the paper) or its mean over all sizes ('mean', every granularity counts the same)."""
+    if select_on == "largest":
+        return val[max(val)]["NDCG@10"]
+    return sum(v["NDCG@10"] for v in val.values()) / len(val)
+
+
 def train_step(objective, optimizer, scheduler, x: torch.Tensor, y: torch.Tensor, scale: float,
                grad_clip: float) -> float:
     """One optimizer step on a batch; `scale` weights this process's loss in a data-parallel average."""
@@ -121,10 +146,12 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     if dist.world > 1:
         torch.manual_seed(t.seed + dist.rank)  # same initial weights, own dropout masks and negatives
     inputs, targets = training_arrays(dataset, recipe.data.max_len, recipe.data.stride)
+    lengths = (targets > 0).sum(1)
     steps_per_epoch = distributed.steps_per_epoch(len(inputs), t.batch_size, dist)
     objective = make_objective(model, t, targets).to(dist.device)
     optimizer, scheduler = make_optimizer(model, t, steps_per_epoch)
-    sizes, largest = prep.model_config.sizes, prep.model_config.sizes[-1]
+    sizes = prep.model_config.sizes
+    selected = "NDCG@10 mean over sizes" if t.select_on == "mean" else f"NDCG@10[{sizes[-1]}]"
 
     s = {"epoch": 0, "best": -1.0, "best_epoch": 0, "waited": 0, "best_val": {}}  # what resume restores
     best_weights = None
@@ -155,11 +182,10 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
         for epoch in range(s["epoch"] + 1, last_epoch + 1):
             objective.train()
             started = time.perf_counter()
-            order = rng.permutation(len(inputs))
+            batches = epoch_batches(rng, lengths, t.batch_size, steps_per_epoch, t.length_buckets)
             batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
             running = 0.0
-            for step in range(steps_per_epoch):
-                rows = order[step * t.batch_size:(step + 1) * t.batch_size]
+            for step, rows in enumerate(batches):
                 x, y, scale = distributed.local_batch(inputs, targets, rows, dist)
                 running += train_step(step_fn, optimizer, scheduler, x, y, scale, t.grad_clip)
                 progress.update(batch_task, advance=1, info=f"loss {running / (step + 1):.4f}")
@@ -167,7 +193,7 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
             loss = distributed.sum_across([running / steps_per_epoch], dist)[0] / dist.world
             train_seconds = time.perf_counter() - started
             val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist, progress)
-            score = val[largest]["NDCG@10"]
+            score = selection_score(val, t.select_on)
             improved = score > s["best"]
             if improved:
                 s.update(best=score, best_epoch=epoch, waited=0, best_val=val)
@@ -193,9 +219,9 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
                 raise RuntimeError(f"data-parallel replicas hold different weights after epoch {epoch}")
             s["epoch"] = epoch
             progress.update(epochs_task, advance=1,
-                            info=f"val N@10[{largest}] {score:.4f} (best {s['best']:.4f} @ {s['best_epoch']})")
+                            info=f"val {selected} {score:.4f} (best {s['best']:.4f} @ {s['best_epoch']})")
             if not console.is_terminal:  # logs get one line per epoch
-                console.print(f"epoch {epoch}: loss {loss:.4f}, val NDCG@10[{largest}] {score:.4f}, "
+                console.print(f"epoch {epoch}: loss {loss:.4f}, val {selected} {score:.4f}, "
                               f"{train_seconds:.0f} s train, best {s['best']:.4f} @ {s['best_epoch']}")
             if s["waited"] >= t.patience:
                 console.print(f"early stop after epoch {epoch}: no improvement for {t.patience} epochs")
