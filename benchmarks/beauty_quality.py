@@ -33,13 +33,20 @@ def summarise(run: Path, command: str) -> dict:
     if "test" not in metrics:
         raise SystemExit(f"{run / 'metrics.json'}: no test split (run `fmrl-sdk eval --run {run}` first)")
     history = [record for _, record in read_jsonl_objects(run / "history.jsonl")]
-    best = max(history, key=lambda r: r["val_NDCG@10"][max(r["val_NDCG@10"], key=int)])
+    best = [r for r in history if r["best"]][-1]  # the epoch whose weights the run kept
     config = read_json(run / "config.json")
+    test = {size: {k: round(v, 6) for k, v in values.items()} for size, values in metrics["test"].items()}
     return {
-        **{size: {k: round(v, 6) for k, v in values.items()} for size, values in metrics["test"].items()},
+        **test,
         "command": command,
         "epochs": len(history),
         "best_epoch": best["epoch"],
+        # train + validation seconds of every epoch up to the best one (the trainer's clock; data loading
+        # before the first epoch not included), and since the start of training when the run recorded it
+        "seconds_to_best_epoch": round(sum(r["train_seconds"] + r["eval_seconds"] for r in history
+                                           if r["epoch"] <= best["epoch"]), 1),
+        "elapsed_seconds_at_best_epoch": best.get("elapsed_seconds"),
+        "targets": targets(test),
         "seconds_per_epoch": {"train_median": statistics.median(r["train_seconds"] for r in history),
                               "validation_median": statistics.median(r["eval_seconds"] for r in history)},
         "protocol": "leave-one-out test split, full ranking over all items, history not masked, "
@@ -51,6 +58,20 @@ def summarise(run: Path, command: str) -> dict:
     }
 
 
+def targets(test: dict) -> dict:
+    """The issue's targets: N@10 >= .0520 and R@10 >= .0939 at one size <= 512, Recall@10 non-decreasing in
+    size, and above the paper's per-size curve at every size."""
+    sizes = sorted(test, key=int)
+    best = max((s for s in sizes if int(s) <= 512), key=lambda s: test[s]["NDCG@10"])
+    recall = [test[s]["Recall@10"] for s in sizes]
+    return {"best_size": int(best), "NDCG@10": test[best]["NDCG@10"], "Recall@10": test[best]["Recall@10"],
+            "headline_reached": any(test[s]["NDCG@10"] >= PAPER_MAIN_1024["NDCG@10"]
+                                    and test[s]["Recall@10"] >= PAPER_MAIN_1024["Recall@10"]
+                                    for s in sizes if int(s) <= 512),
+            "recall@10_non_decreasing": all(b >= a for a, b in zip(recall, recall[1:])),
+            "above_paper_curve_at_every_size": all(test[s]["Recall@10"] > PAPER_RECALL10[int(s)] for s in sizes)}
+
+
 def print_table(result: dict) -> None:
     sizes = sorted((k for k in result if k.isdigit()), key=int)
     print(f"| size | {' | '.join(SHOWN)} | paper R@10 | R@10 - paper |")
@@ -60,6 +81,11 @@ def print_table(result: dict) -> None:
         paper = PAPER_RECALL10.get(int(size))
         delta = f"{row['Recall@10'] - paper:+.4f}" if paper else "-"
         print(f"| {size} | " + " | ".join(f"{row[k]:.4f}" for k in SHOWN) + f" | {paper or '-'} | {delta} |")
+    t = result["targets"]
+    print(f"best size {t['best_size']}: N@10 {t['NDCG@10']:.4f} (paper .0520), R@10 {t['Recall@10']:.4f} (paper .0939); "
+          f"headline reached: {t['headline_reached']}; R@10 non-decreasing: {t['recall@10_non_decreasing']}; "
+          f"above the paper's curve at every size: {t['above_paper_curve_at_every_size']}")
+    print(f"time to the best epoch: {result['seconds_to_best_epoch'] / 60:.1f} min of epochs")
     print(f"epochs {result['epochs']} (best {result['best_epoch']}), "
           f"median {result['seconds_per_epoch']['train_median']:.0f} s train + "
           f"{result['seconds_per_epoch']['validation_median']:.0f} s validation per epoch")

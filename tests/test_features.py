@@ -580,8 +580,10 @@ def test_item_vectors_refuses_a_changed_encoder(tmp_path, st_dir, demo, monkeypa
         item_vectors(tmp_path / "run", items, 8, tmp_path / "v.safetensors", console=quiet())
 
 
-def test_item_vectors_with_a_real_run_directory(tmp_path, bge_dir, demo):
-    """End to end with the trainer's run format (skipped while fmrl_sdk.train.run is unavailable)."""
+@pytest.mark.parametrize("whiten", [False, True])
+def test_item_vectors_with_a_real_run_directory(tmp_path, bge_dir, demo, whiten):
+    """End to end with the trainer's run format: a new item with item 3's content gets item 3's vector
+    (with whitened features too: the transform is read back from the checkpoint)."""
     try:
         from fmrl_sdk.model.model import FMRLRec, ModelConfig
         from fmrl_sdk.train.run import save_checkpoint
@@ -592,7 +594,7 @@ def test_item_vectors_with_a_real_run_directory(tmp_path, bge_dir, demo):
     featurize("demo", fdir, text_encoder=str(bge_dir), limit_items=6, console=quiet())
     feats, _ = load_features(fdir, ids)
     torch.manual_seed(0)
-    cfg = ModelConfig(num_items=6, sizes=(4, 8), feature_dim=feats.shape[1])
+    cfg = ModelConfig(num_items=6, sizes=(4, 8), feature_dim=feats.shape[1], whiten_features=whiten)
     table_features = torch.cat([torch.zeros(1, feats.shape[1]), torch.from_numpy(feats)])
     model = FMRLRec(cfg, table_features).eval()
     run_dir = tmp_path / "runs" / "tiny"

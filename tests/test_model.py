@@ -130,6 +130,8 @@ def test_whitened_features_have_identity_covariance_and_travel_with_the_weights(
     other.load_state_dict(model.state_dict())
     new_items = torch.randn(5, 12)
     assert torch.equal(other.content_vectors(new_items), model.content_vectors(new_items))
+    # the catalogue's whitened features (computed once, for speed) follow the loaded transform
+    assert torch.allclose(other.item_table(), other.content_vectors(other.features), atol=1e-6)
 
 
 @pytest.mark.parametrize("item_embedding,whiten", [("content", False), ("id", False), ("hybrid", False),

@@ -325,6 +325,9 @@ class FMRLRec(nn.Module):
                 mean, matrix = whitening(features)
                 self.register_buffer("feature_mean", mean)
                 self.register_buffer("feature_whitening", matrix)
+            # what the projector reads for the catalogue (features, whitened once): kept in step with loads
+            self.register_buffer("projector_inputs", self.projector_input(self.features), persistent=False)
+            self.register_load_state_dict_post_hook(FMRLRec._refresh_projector_inputs)
             self.projector = nn.Linear(cfg.feature_dim, d)
         if cfg.uses_ids:
             self.id_embedding = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
@@ -337,16 +340,25 @@ class FMRLRec(nn.Module):
     # -- items ---------------------------------------------------------------------------------
     def content_vectors(self, features: torch.Tensor) -> torch.Tensor:
         """Project content features [M, F] to item vectors [M, d] (also for items added after training)."""
+        return self.projector(self.projector_input(features))
+
+    def projector_input(self, features: torch.Tensor) -> torch.Tensor:
+        """Content features [M, F] as the projector reads them: whitened when the config says so."""
         if self.cfg.whiten_features:
-            features = (features - self.feature_mean) @ self.feature_whitening
-        return self.projector(features)
+            return (features - self.feature_mean) @ self.feature_whitening
+        return features
+
+    @staticmethod
+    def _refresh_projector_inputs(module: "FMRLRec", incompatible_keys) -> None:
+        with torch.no_grad():
+            module.projector_inputs = module.projector_input(module.features)
 
     def item_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """E [N + 1, d]; row 0 is the padding item (input at empty-history positions).
         rows [R] (item indices): only those rows, E[rows] [R, d], without computing the others."""
         table = 0
         if self.cfg.uses_content:
-            table = self.content_vectors(self.features if rows is None else self.features[rows])
+            table = self.projector(self.projector_inputs if rows is None else self.projector_inputs[rows])
         if self.cfg.uses_ids:
             table = table + (self.id_embedding.weight if rows is None else self.id_embedding.weight[rows])
         return table

@@ -136,6 +136,7 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     dist: this process's place in a data-parallel run (default: one CPU process); only rank 0 writes.
     resume: continue the existing run_dir from its last completed epoch instead of creating run_dir.
     """
+    started_training = time.perf_counter()
     dist = dist or Dist()
     console = (console or Console()) if dist.main else Console(quiet=True)
     recipe, dataset, t = prep.recipe, prep.dataset, prep.recipe.train
@@ -202,7 +203,8 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
                 s["waited"] += 1
             record = {"epoch": epoch, "loss": loss, "train_seconds": round(train_seconds, 2),
                       "eval_seconds": round(time.perf_counter() - started - train_seconds, 2),
-                      "val_NDCG@10": {str(k): round(val[k]["NDCG@10"], 5) for k in sizes}, "best": improved}
+                      "val_NDCG@10": {str(k): round(val[k]["NDCG@10"], 5) for k in sizes}, "best": improved,
+                      "elapsed_seconds": round(time.perf_counter() - started_training, 1)}  # this session's
             if dist.world > 1:
                 record["replicas_in_sync"] = distributed.replicas_in_sync(model, dist)
             torch_rng = distributed.gather(torch.get_rng_state(), dist)
