@@ -6,7 +6,6 @@ Uses the run and size-16 bundle of tests/test_runtime.py (built once per pytest 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,18 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from fmrl_sdk.errors import FmrlError
-from fmrl_sdk.runtime import Recommender
 from fmrl_sdk.simulate.commands import simulate
 from fmrl_sdk.simulate.replay import TIMING_KEYS, Options, Replay
 from fmrl_sdk.simulate.stream import write_stream
-from tests.test_runtime import SIZE, shared_artifacts
+from tests.test_runtime import SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {"events", "bad_lines", "latency_us", "events_per_s", "online", "online_last_event", "users",
                "state_bytes_per_user", "peak_rss_bytes"}
-
-
 
 
 @pytest.fixture(scope="module")

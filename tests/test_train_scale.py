@@ -158,6 +158,60 @@ def test_sampled_loss_with_every_item_drawn_once_uniformly_is_the_full_loss(demo
     assert torch.allclose(model.item_table(rows), model.item_table()[rows])
 
 
+def straightforward_smoothed_loss(model, x, y, sizes, weights, epsilon):
+    """F.cross_entropy(label_smoothing=epsilon) at every size over every position (autograd)."""
+    table = model.item_table()
+    hidden = model(x, table)
+    w = size_weights(sizes, weights)
+    return sum(w[k] * torch.nn.functional.cross_entropy((hidden[..., :m] @ table[1:, :m].T).flatten(0, 1),
+                                                        y.flatten() - 1, ignore_index=-1, label_smoothing=epsilon)
+               for k, m in enumerate(sizes))
+
+
+@pytest.mark.parametrize("loss", ["full", "chunked", "sampled"])
+def test_label_smoothing_equals_cross_entropys_label_smoothing(demo_batch, loss):
+    """Every loss with label_smoothing == F.cross_entropy(label_smoothing=e) per size, values and gradients
+    (sampled: every item drawn once under a uniform Q, where its mean-item estimate is exact)."""
+    data, x, y = demo_batch
+    model = make_model("hybrid", num_items=data.num_items).double()  # float64: equal to rounding
+    weights, n = [1.0, 2.0, 0.5, 4.0], data.num_items
+    model.zero_grad()
+    want = straightforward_smoothed_loss(model, x, y, model.cfg.sizes, weights, 0.3)
+    want.backward()
+    want_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    kw = {"negatives": (torch.arange(1, n + 1), torch.zeros(n))} if loss == "sampled" else {}
+    got = objective_loss_and_grads(Objective(model, model.cfg.sizes, weights, loss, item_chunk=97,
+                                             label_smoothing=0.3), x, y, **kw)
+    assert rel(got[0], want.detach()) <= 1e-10
+    for name, grad in want_grads.items():
+        assert rel(got[1][name], grad) <= 1e-10, name
+    plain = objective_loss_and_grads(Objective(model, model.cfg.sizes, weights, loss, item_chunk=97), x, y, **kw)
+    assert rel(plain[0], got[0]) > 1e-4  # the term is not zero (the check above holds to 1e-10)
+
+
+def test_sampled_label_smoothing_estimates_the_catalogue_mean_without_bias(demo_batch):
+    """Popularity-drawn negatives: the importance-weighted smoothing term averages to the exact one
+    (within 4 standard errors over 400 draws; without the 1 / (M Q) weights it is far off)."""
+    data, x, y = demo_batch
+    model = make_model("hybrid", num_items=data.num_items).double()
+    counts = (torch.arange(data.num_items) % 7) ** 2
+    sampler = NegativeSampler(data.num_items, "popularity", counts)
+    torch.manual_seed(0)
+    smoothed, plain = (Objective(model, model.cfg.sizes, loss="sampled", sampler=sampler, num_negatives=200,
+                                 label_smoothing=e) for e in (1.0, 0.0))
+    with torch.no_grad():
+        exact = float(Objective(model, model.cfg.sizes, loss="full", label_smoothing=1.0)(x, y)
+                      - Objective(model, model.cfg.sizes, loss="full")(x, y))
+        draws = [sampler(200) for _ in range(400)]
+        terms = torch.tensor([float(smoothed(x, y, negatives=d) - plain(x, y, negatives=d)) for d in draws])
+        unweighted = torch.tensor([float(smoothed(x, y, negatives=(ids, torch.zeros_like(log_q)))
+                                         - plain(x, y, negatives=(ids, torch.zeros_like(log_q))))
+                                   for ids, log_q in draws[:50]])
+    standard_error = float(terms.std() / len(terms) ** 0.5)
+    assert abs(float(terms.mean()) - exact) <= 4 * standard_error
+    assert abs(float(unweighted.mean()) - exact) > 4 * standard_error
+
+
 def straightforward_sampled_loss(hidden, labels, positives, negative_ids, negatives, log_q, sizes, weights):
     """Autograd over explicit [K, T, 1 + M] logits: target column, then corrected, hit-masked negatives."""
     per_size = []
@@ -226,6 +280,8 @@ def test_negative_sampler_draws_from_its_proposal():
     ({"train": {"item_chunk": 0}}, "item_chunk >= 1"),
     ({"train": {"num_negatives": -5}}, "num_negatives >= 1"),
     ({"train": {"negative_sampler": "zipf"}}, "negative_sampler must be"),
+    ({"train": {"label_smoothing": 1.0}}, "0 <= label_smoothing < 1"),
+    ({"train": {"label_smoothing": -0.1}}, "0 <= label_smoothing < 1"),
 ])
 def test_recipe_validates_loss_keys(raw, match):
     with pytest.raises(FmrlError, match=match):

@@ -318,22 +318,40 @@ class NegativeSampler(torch.nn.Module):
 LOSSES = ("full", "chunked", "sampled")
 
 
+def label_smoothing_term(hidden: torch.Tensor, positives: torch.Tensor, mean_item: torch.Tensor, sizes,
+                         weights=None) -> torch.Tensor:
+    """What label smoothing adds to the nested cross-entropy, per unit of epsilon.
+
+    Smoothed CE = (1 - e) CE + e (lse - mean_c s_c) = CE + e (s_y - mean_c s_c), and mean_c s_c is
+    hidden . mean_item, so the term is sum_k w_k mean_t hidden[t, :m_k] . (positive_t - mean_item)[:m_k]
+    (hidden [T, d], positives [T, d], mean_item [d]): no score over the catalogue is needed, so the same
+    term serves the full, chunked and sampled losses, and autograd differentiates it.
+    """
+    per_size = _target_scores(hidden, positives - mean_item, sizes).mean(1)  # [K]
+    return (per_size * size_weights(sizes, weights).to(per_size)).sum()
+
+
 class Objective(torch.nn.Module):
     """The model and its training loss in one module: forward(inputs, targets) -> scalar loss.
 
     This is what data-parallel training wraps (the item table is computed inside forward, so DDP sees
     every parameter's gradient). loss: 'full' (nested_cross_entropy, `method`), 'chunked' (exact, item
     blocks of `item_chunk`), 'sampled' (`num_negatives` shared negatives from `sampler`).
+    label_smoothing e: targets (1 - e) one-hot + e uniform over the catalogue, at every size (as
+    F.cross_entropy's label_smoothing); 'sampled' estimates the catalogue's mean item vector from the
+    negatives, sum_i e_i / (M Q(i)) / N (unbiased; exact when every item is drawn once uniformly).
     """
 
     def __init__(self, model, sizes, weights=None, loss: str = "full", method: str = "fused",
-                 item_chunk: int = 8192, num_negatives: int = 1000, sampler: NegativeSampler | None = None):
+                 item_chunk: int = 8192, num_negatives: int = 1000, sampler: NegativeSampler | None = None,
+                 label_smoothing: float = 0.0):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}")
         self.model, self.sizes, self.weights = model, tuple(sizes), weights
         self.loss, self.method, self.item_chunk, self.num_negatives = loss, method, item_chunk, num_negatives
         self.sampler = sampler if sampler is not None else NegativeSampler(model.cfg.num_items)
+        self.label_smoothing = label_smoothing
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, negatives=None) -> torch.Tensor:
         if self.loss == "sampled":
@@ -343,8 +361,13 @@ class Objective(torch.nn.Module):
         hidden = self.model(inputs, table, at=has_target)  # [T, d]: only where a target is
         targets = targets[has_target]
         if self.loss == "chunked":
-            return chunked_nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.item_chunk)
-        return nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.method)
+            loss = chunked_nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.item_chunk)
+        else:
+            loss = nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.method)
+        if self.label_smoothing:
+            loss = loss + self.label_smoothing * label_smoothing_term(
+                hidden, table[targets], table[1:].mean(0), self.sizes, self.weights)
+        return loss
 
     def sampled(self, inputs, targets, negatives=None):
         """Only the rows the batch touches (inputs, targets, negatives) of the item table are computed.
@@ -359,6 +382,12 @@ class Objective(torch.nn.Module):
         has_target = targets > 0
         hidden = self.model(torch.searchsorted(rows, inputs), table, at=has_target)  # [T, d]
         labels = targets[has_target]
-        return sampled_nested_cross_entropy(
-            hidden, labels, table[torch.searchsorted(rows, labels)], neg_ids,
-            table[torch.searchsorted(rows, neg_ids)], neg_log_q, self.sizes, self.weights)
+        positives, negative_vectors = table[torch.searchsorted(rows, labels)], table[torch.searchsorted(rows, neg_ids)]
+        loss = sampled_nested_cross_entropy(hidden, labels, positives, neg_ids, negative_vectors, neg_log_q,
+                                            self.sizes, self.weights)
+        if self.label_smoothing:
+            importance = (-neg_log_q).exp().to(negative_vectors)[:, None] / self.model.cfg.num_items
+            mean_item = (negative_vectors * importance).sum(0)
+            loss = loss + self.label_smoothing * label_smoothing_term(
+                hidden, positives, mean_item, self.sizes, self.weights)
+        return loss

@@ -49,6 +49,7 @@ class TrainSection:
     length_buckets: int = 0          # >0: rows sorted by length within runs of this many batches (less padding)
     seed: int = 42
     size_weights: list[float] = field(default_factory=list)  # loss weight per size ([] = equal)
+    label_smoothing: float = 0.0     # targets (1 - e) one-hot + e uniform over the catalogue, every size
     loss_method: str = "fused"       # fused | running_sum | masked (same loss, different arithmetic)
     loss: str = "full"               # full | chunked (exact, item blocks) | sampled (shared negatives, log-Q)
     item_chunk: int = 8192           # chunked: items per score block (memory ~ 3 x targets x item_chunk floats)
@@ -111,6 +112,7 @@ class Recipe:
                   (0 <= m.r_min < m.r_max <= 1, "[model] 0 <= r_min < r_max <= 1"),
                   (t.epochs >= 1 and t.batch_size >= 1 and t.eval_batch_size >= 1, "[train] positive sizes"),
                   (t.lr > 0 and t.weight_decay >= 0 and t.grad_clip > 0, "[train] lr > 0, grad_clip > 0"),
+                  (0 <= t.label_smoothing < 1, "[train] 0 <= label_smoothing < 1"),
                   (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0 and t.length_buckets >= 0,
                    "[train] counts >= 0"),
                   (t.item_chunk >= 1 and t.num_negatives >= 1, "[train] item_chunk >= 1, num_negatives >= 1")]

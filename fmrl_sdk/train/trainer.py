@@ -83,7 +83,7 @@ def make_objective(model: FMRLRec, t: TrainSection, targets: np.ndarray) -> Obje
             if t.negative_sampler == "popularity" else None
         sampler = NegativeSampler(n, t.negative_sampler, counts)
     return Objective(model, model.cfg.sizes, t.size_weights, t.loss, t.loss_method, t.item_chunk,
-                     t.num_negatives, sampler)
+                     t.num_negatives, sampler, t.label_smoothing)
 
 
 def make_optimizer(model: FMRLRec, t: TrainSection, steps_per_epoch: int):

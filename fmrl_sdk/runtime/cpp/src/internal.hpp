@@ -14,6 +14,7 @@
 
 #include "fmrl_runtime.h"
 #include "nlohmann_json/json.hpp"
+#include "paths.hpp"
 
 namespace fmrl {
 
@@ -45,8 +46,6 @@ std::string py_repr(const Json& value);              // repr() of a decoded JSON
 std::string py_str(const Json& value);               // str() of it
 std::string py_repr_str(std::string_view text);      // repr() of a str
 std::string json_dumps_sorted(const Json& object);   // json.dumps(obj, sort_keys=True, separators=(",", ":"))
-std::string path_join(const std::string& a, const std::string& b);
-std::string path_normalise(const std::string& path); // what str(pathlib.Path(path)) prints
 uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0);  // zlib.crc32
 
 // The item table of a format-2 bundle: vector of internal index i (1..N) = row i - 1.

@@ -141,28 +141,6 @@ std::string json_dumps_sorted(const Json& object) {
   return out;
 }
 
-std::string path_normalise(const std::string& path) {
-  const bool absolute = !path.empty() && path[0] == '/';
-  std::string out = absolute ? "/" : "";
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t slash = path.find('/', start);
-    if (slash == std::string::npos) slash = path.size();
-    const std::string part = path.substr(start, slash - start);
-    if (!part.empty() && part != ".") {
-      if (!out.empty() && out.back() != '/') out += '/';
-      out += part;
-    }
-    start = slash + 1;
-  }
-  return out.empty() ? "." : out;
-}
-
-std::string path_join(const std::string& a, const std::string& b) {
-  if (a == ".") return b;
-  return a.back() == '/' ? a + b : a + "/" + b;
-}
-
 uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc) {
   static const auto table = [] {
     std::vector<uint32_t> t(256);

@@ -26,6 +26,7 @@
 
 #include "fmrl_runtime.h"
 #include "nlohmann_json/json.hpp"
+#include "paths.hpp"
 
 namespace {
 
@@ -334,20 +335,6 @@ double percentile(const std::vector<double>& sorted, double p) {  // numpy's def
   return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
 }
 
-std::string normalise(const std::string& path) {  // str(pathlib.Path(path))
-  const bool absolute = !path.empty() && path[0] == '/';
-  std::string out = absolute ? "/" : "";
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t slash = path.find('/', start);
-    if (slash == std::string::npos) slash = path.size();
-    const std::string part = path.substr(start, slash - start);
-    if (!part.empty() && part != ".") out += (out.empty() || out.back() == '/' ? "" : "/") + part;
-    start = slash + 1;
-  }
-  return out.empty() ? "." : out;
-}
-
 // ---- the replay ----------------------------------------------------------------------------------
 
 struct Slot {
@@ -417,7 +404,7 @@ int run(const Options& opt) {
   const int k_max = fmrl_k_max(rec);
   if (opt.k < 1 || opt.k > k_max)
     throw Usage("--k " + std::to_string(opt.k) + ": must be in [1, " + std::to_string(k_max) + "] (the bundle's k_max)");
-  const std::string stream_name = normalise(opt.stream);
+  const std::string stream_name = fmrl::path_normalise(opt.stream);
   FILE* in = std::fopen(opt.stream.c_str(), "rb");
   if (!in) throw Usage(stream_name + ": stream not found");
   FILE* out = nullptr;
@@ -570,7 +557,7 @@ int run(const Options& opt) {
   OrderedJson report = {
       {"runtime", std::string("fmrl_runtime ") + fmrl_version() + " (C++, ExecuTorch " + fmrl_executorch_version() + ")"},
       {"stream", stream_name},
-      {"bundle", normalise(opt.bundle)},
+      {"bundle", fmrl::path_normalise(opt.bundle)},
       {"profile", profile.empty() ? OrderedJson() : OrderedJson(profile)},
       {"granularity", fmrl_granularity(rec)},
       {"k", opt.k},
