@@ -8,7 +8,7 @@ absent). Methods:
   straightforward  the reference's formulation: every batch padded to 50, hidden states at every position,
                    one [B, L, N] product and autograd cross-entropy per size
   sdk full         what `fmrl-sdk train` runs with loss = "full": batch trimmed, hidden states only where a
-                   target is, fused nested cross-entropy (one [T, N] buffer, hand-written backward)
+                   target is, fused nested cross-entropy (hand-written backward over reused [T, N] buffers)
   sdk sampled      loss = "sampled": only the item rows the batch touches, 1,000 shared popularity negatives
 
 Also one epoch of each SDK step over length-bucketed batches (what recipes with length_buckets run). Prints a
@@ -46,18 +46,22 @@ FEATURES = REPO_ROOT / "features" / "beauty-minilm"
 SIZES = (8, 16, 32, 64, 128, 256)
 
 
-def straightforward_loss(model, x, y):
-    table = model.item_table()
-    return reference_cross_entropy(model(x, table), y, table, SIZES)
+def straightforward_loss(model):
+    """The reference formulation as a callable (x, y) -> loss over `model`."""
+    def loss(x, y):
+        table = model.item_table()
+        return reference_cross_entropy(model(x, table), y, table, SIZES)
+    return loss
 
 
 def timed_steps(loss_fn, model, batches) -> tuple[list[float], dict[str, float]]:
-    """Seconds per whole step, and the share of forward+loss / backward / clip+AdamW over all steps."""
+    """Seconds per whole step, and the share of forward+loss / backward / clip+AdamW over all steps.
+    loss_fn(x, y) is built once over `model` (the trainer's Objective keeps its buffers across steps)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     times, parts = [], np.zeros(3)
     for x, y in batches:
         t0 = time.perf_counter()
-        loss = loss_fn(model, x, y)
+        loss = loss_fn(x, y)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,21 +106,22 @@ def main() -> None:
     sampler = NegativeSampler(num_items, "popularity", counts)
 
     def sdk(loss):
-        return lambda model, x, y: Objective(model, SIZES, loss=loss, sampler=sampler)(x, y)
+        return lambda model: Objective(model, SIZES, loss=loss, sampler=sampler)
 
     methods = {"straightforward": (padded, straightforward_loss), "sdk full": (trimmed, sdk("full")),
                "sdk sampled": (trimmed, sdk("sampled"))}
     # the same function of the weights: losses with dropout off on the first batch
     eval_model = copy.deepcopy(base).eval()
     with torch.no_grad():
-        reference = straightforward_loss(eval_model, *padded[0]).item()
-        full_diff = abs(sdk("full")(eval_model, *trimmed[0]).item() - reference) / reference
+        reference = straightforward_loss(eval_model)(*padded[0]).item()
+        full_diff = abs(sdk("full")(eval_model)(*trimmed[0]).item() - reference) / reference
 
     results = {}
-    for name, (batches, fn) in methods.items():
+    for name, (batches, make_loss) in methods.items():
         model = copy.deepcopy(base).train()
-        timed_steps(fn, model, batches[:1])  # warm-up
-        times, share = timed_steps(fn, model, batches[1:])
+        loss_fn = make_loss(model)
+        timed_steps(loss_fn, model, batches[:1])  # warm-up
+        times, share = timed_steps(loss_fn, model, batches[1:])
         results[name] = {"median_s": statistics.median(times), "share": share}
     straight = results["straightforward"]["median_s"]
     print(f"{'method':18s} {'s/step':>8s} {'speedup':>8s}   forward+loss / backward / clip+AdamW")
@@ -134,7 +139,8 @@ def main() -> None:
             order = epoch_batches(np.random.default_rng(1), lengths, batch_size, len(inputs) // batch_size, 50)
             batches = [tuple(torch.from_numpy(a) for a in trim_left_padding(inputs[r], targets[r])) for r in order]
             started = time.perf_counter()
-            timed_steps(methods[name][1], copy.deepcopy(base).train(), batches)
+            model = copy.deepcopy(base).train()
+            timed_steps(methods[name][1](model), model, batches)
             seconds = time.perf_counter() - started
             epochs[f"{name}, batch {batch_size}"] = {"seconds": seconds, "steps": len(batches)}
             print(f"one epoch, {name}, batch {batch_size}, length-bucketed: {seconds:.1f} s ({len(batches)} steps)")

@@ -6,6 +6,7 @@ import torch
 
 from fmrl_sdk.data import load_dataset
 from fmrl_sdk.data.dataset import training_arrays
+from fmrl_sdk.train import loss as loss_module
 from fmrl_sdk.train.loss import nested_cross_entropy, reference_cross_entropy
 from tests.test_model import make_model
 
@@ -32,7 +33,10 @@ def loss_and_grads(model, x, y, loss_fn):
 
 
 @pytest.mark.parametrize("weights", [None, [1.0, 2.0, 0.5, 4.0]])
-def test_fast_loss_equals_reference_on_real_batch(real_batch, weights):
+@pytest.mark.parametrize("keep_scores", [True, False], ids=["kept-exponentials", "recomputed-scores"])
+def test_fast_loss_equals_reference_on_real_batch(real_batch, weights, keep_scores, monkeypatch):
+    if not keep_scores:  # the fused backward's path for score buffers over KEEP_SCORES_BYTES
+        monkeypatch.setattr(loss_module, "KEEP_SCORES_BYTES", 0)
     model, x, y = real_batch
     sizes = model.cfg.sizes
     ref_loss, ref_grads = loss_and_grads(model, x, y, lambda h, t, e: reference_cross_entropy(h, t, e, sizes, weights))
@@ -78,3 +82,31 @@ def test_trimming_left_padding_keeps_every_target():
         cut = nested_cross_entropy(model(torch.from_numpy(x), full_table), torch.from_numpy(y), full_table,
                                    model.cfg.sizes)
     assert abs(full.item() - cut.item()) <= 1e-5 * abs(full.item())
+
+
+def test_reused_score_workspace_gives_the_same_loss_and_gradients():
+    """The workspace is reused step after step; two losses alive at once must not share it."""
+    torch.manual_seed(0)
+    sizes, table = (4, 8, 16), torch.randn(60, 16, requires_grad=True)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    targets = torch.randint(0, 60, (2, 9))
+    workspace = loss_module.ScoreWorkspace()
+
+    def loss_and_grads(loss):
+        return [loss.detach(), *torch.autograd.grad(loss, (hidden, table))]
+
+    fresh = loss_and_grads(nested_cross_entropy(hidden, targets, table, sizes))
+    first = nested_cross_entropy(hidden, targets, table, sizes, workspace=workspace)
+    second = nested_cross_entropy(hidden * 1.5, targets, table, sizes, workspace=workspace)  # workspace taken
+    assert workspace.taken
+    scaled = loss_and_grads(nested_cross_entropy(hidden * 1.5, targets, table, sizes))
+    for a, b in zip(loss_and_grads(second), scaled):
+        assert torch.equal(a, b)
+    for a, b in zip(loss_and_grads(first), fresh):
+        assert torch.equal(a, b)
+    assert not workspace.taken  # given back by the backward of the loss that took it
+    for a, b in zip(loss_and_grads(nested_cross_entropy(hidden, targets, table, sizes, workspace=workspace)), fresh):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # no backward will come to give it back: not taken
+        nested_cross_entropy(hidden, targets, table, sizes, workspace=workspace)
+    assert not workspace.taken

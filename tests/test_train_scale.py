@@ -18,6 +18,7 @@ from fmrl_sdk.data import load_dataset
 from fmrl_sdk.data.dataset import training_arrays
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.train import checkpoint
+from fmrl_sdk.train import loss as loss_module
 from fmrl_sdk.train.loss import (ChunkedNestedCrossEntropy, FusedNestedCrossEntropy, NegativeSampler, Objective,
                                  sampled_nested_cross_entropy, size_weights)
 from fmrl_sdk.train.recipe import Recipe
@@ -223,7 +224,10 @@ def straightforward_sampled_loss(hidden, labels, positives, negative_ids, negati
     return (torch.stack(per_size) * size_weights(sizes, weights)).sum()
 
 
-def test_fused_sampled_loss_equals_straightforward_one():
+@pytest.mark.parametrize("keep_scores", [True, False], ids=["kept-exponentials", "recomputed-scores"])
+def test_fused_sampled_loss_equals_straightforward_one(keep_scores, monkeypatch):
+    if not keep_scores:
+        monkeypatch.setattr(loss_module, "KEEP_SCORES_BYTES", 0)
     torch.manual_seed(0)
     sizes, weights = (4, 8, 16), [1.0, 2.0, 0.5]
     hidden, positives = torch.randn(40, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)

@@ -1,8 +1,9 @@
 """The fMRLRec objective: full-softmax next-item cross-entropy at every granularity, averaged.
 
 `nested_cross_entropy` is the fast form: logits only where a target exists, and (method "fused",
-the default) a hand-written backward that keeps one [T, N] score buffer and walks the sizes with a
-running sum instead of materialising K x T x N logits for autograd. `reference_cross_entropy` is the
+the default) a hand-written backward that walks the sizes with a running sum over reused [T, N]
+buffers (each size's exponentials kept from forward while they fit in KEEP_SCORES_BYTES) instead of
+materialising K x T x N logits for autograd. `reference_cross_entropy` is the
 straightforward form (every position, one product per size). They are the same function of the
 weights: tests hold them equal, values and gradients.
 
@@ -45,35 +46,42 @@ def nested_logits(hidden: torch.Tensor, items: torch.Tensor, sizes, method: str 
     return torch.stack(out)
 
 
+# The fused losses keep each size's exp(S_k - peak_k) for backward when all K of them fit in this many
+# bytes (Beauty: 6 sizes x 280 targets x 12,101 items = 81 MB); past it backward recomputes S_k from
+# S_K by subtraction (one [T, N] buffer, K more products). Same values either way.
+KEEP_SCORES_BYTES = 1 << 30
+
+
 class FusedNestedCrossEntropy(torch.autograd.Function):
-    """sum_k w_k * mean_t CE(hidden[t, :m_k] @ items[:, :m_k]^T, label_t) with one [T, N] buffer.
+    """sum_k w_k * mean_t CE(hidden[t, :m_k] @ items[:, :m_k]^T, label_t) without K x T x N autograd logits.
 
     Forward: S_k = S_{k-1} + H_k E_k^T (chunk k columns), keep log-sum-exp and target score per size.
     Backward: dL/dS_k = c_k (softmax(S_k) - onehot), and chunk j's product feeds every S_k with k >= j,
-    so walking k from K down to 1 with G = sum_{k' >= k} dL/dS_k' gives dH_k = G E_k, dE_k = G^T H_k;
-    S_{k-1} is recovered in place as S_k - H_k E_k^T.
+    so walking k from K down to 1 with G = sum_{k' >= k} dL/dS_k' gives dH_k = G E_k, dE_k = G^T H_k.
+    softmax(S_k) comes from the exponentials kept in forward (KEEP_SCORES_BYTES), or else from S_{k-1}
+    recovered in place as S_k - H_k E_k^T.
     """
 
     @staticmethod
-    def forward(ctx, hidden, items, labels, sizes, weights):
+    def forward(ctx, hidden, items, labels, sizes, weights, workspace=None):
         t, n = hidden.shape[0], items.shape[0]
-        scores, work = hidden.new_zeros(t, n), hidden.new_empty(t, n)
-        bounds = list(zip((0,) + tuple(sizes[:-1]), sizes))
-        lse, target = [], []
+        bounds = _size_bounds(sizes)
+        keep = len(bounds) * t * n * hidden.element_size() <= KEEP_SCORES_BYTES
+        buffers = (workspace or ScoreWorkspace()).take(2 + (len(bounds) if keep else 1), t, n, hidden)
+        scores, gradient, exps = buffers.views[0].zero_(), buffers.views[1], buffers.views[2:]
+        lse, target, kept = [], [], _SizeExponentials(exps, keep)
         for start, end in bounds:
             scores.addmm_(hidden[:, start:end], items[:, start:end].T)
-            lse.append(_logsumexp_rows(scores, work))
+            lse.append(kept.logsumexp_rows(scores))
             target.append(scores.gather(1, labels[:, None])[:, 0])
         lse, target = torch.stack(lse), torch.stack(target)  # [K, T]
         ctx.save_for_backward(hidden, items, labels, weights, lse)
-        ctx.scores, ctx.work, ctx.bounds = scores, work, bounds
+        ctx.scores, ctx.gradient, ctx.kept, ctx.bounds, ctx.buffers = scores, gradient, kept, bounds, buffers
         return ((lse - target).mean(1) * weights).sum()
 
     @staticmethod
     def backward(ctx, grad):
         hidden, items, labels, weights, lse = ctx.saved_tensors
-        scores, probs, bounds = ctx.scores, ctx.work, ctx.bounds
-        del ctx.scores, ctx.work
         t = hidden.shape[0]
         coef = (grad * weights / t).tolist()
         rows = torch.arange(t, device=hidden.device)
@@ -81,40 +89,118 @@ class FusedNestedCrossEntropy(torch.autograd.Function):
         def subtract_onehot(g, k):
             g[rows, labels] -= coef[k]
 
-        d_hidden, d_items = _walk_sizes_down(scores, probs, lse, coef, bounds, hidden, items, subtract_onehot)
-        return d_hidden, d_items, None, None, None
+        d_hidden, d_items = _walk_sizes_down(ctx.scores, ctx.gradient, ctx.kept, lse, coef, ctx.bounds, hidden,
+                                             items, subtract_onehot)
+        ctx.buffers.release()
+        del ctx.scores, ctx.gradient, ctx.kept, ctx.buffers
+        return d_hidden, d_items, None, None, None, None
 
 
-def _walk_sizes_down(scores, probs, lse, coef, bounds, hidden, items, adjust=None):
-    """Shared backward of the fused losses, walking sizes K..1 over one [T, N] score buffer.
+class ScoreWorkspace:
+    """Memory the fused loss reuses for its [T, N] buffers from one training step to the next.
+
+    Fresh buffers this large page-fault on first touch (on Beauty ~7,000 faults, ~10 ms a step); a
+    step's forward takes the workspace and its backward gives it back. A forward that finds it taken
+    (two losses alive at once) gets fresh memory instead, so sharing is never unsafe. It holds the
+    largest step's buffers (up to K + 2 of [T, N]) for as long as its owner lives.
+    """
+
+    def __init__(self):
+        self.memory, self.taken = None, False
+
+    def take(self, count: int, t: int, n: int, like: torch.Tensor) -> _Buffers:
+        numel = count * t * n
+        if self.taken:
+            return _Buffers(like.new_empty(numel), count, t, n, None)
+        m = self.memory
+        if m is None or m.numel() < numel or m.dtype != like.dtype or m.device != like.device:
+            self.memory = m = like.new_empty(numel)
+        self.taken = True
+        return _Buffers(m, count, t, n, self)
+
+
+class _Buffers:
+    """`count` [t, n] views of one flat tensor; release() hands a workspace's memory back."""
+
+    def __init__(self, flat: torch.Tensor, count: int, t: int, n: int, owner: ScoreWorkspace | None):
+        self.views = [flat[i * t * n:(i + 1) * t * n].view(t, n) for i in range(count)]
+        self.owner = owner
+
+    def release(self) -> None:
+        if self.owner is not None:
+            self.owner.taken, self.owner = False, None
+
+
+class _SizeExponentials:
+    """exp(S_k - peak_k) of every size k kept from forward for backward (`keep`: one buffer per size),
+    or one work buffer where backward recomputes them from the scores.
+    """
+
+    def __init__(self, buffers: list[torch.Tensor], keep: bool):
+        self.keep, self.buffers, self.peaks = keep, buffers, []
+
+    def logsumexp_rows(self, scores: torch.Tensor) -> torch.Tensor:
+        """Row-wise log-sum-exp of the current scores [T, N]; keeps their exponentials when `keep`."""
+        out = self.buffers[len(self.peaks)] if self.keep else self.buffers[0]
+        peak = _shifted_exp(scores, out)
+        if self.keep:
+            self.peaks.append(peak)
+        return peak + out.sum(1).log()
+
+    def softmax(self, k: int, scores: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(p, scale): softmax of size k under the normaliser lse [T] is p * scale[:, None] (scale None:
+        p is the softmax itself, recomputed from `scores`, which must then hold S_k)."""
+        if self.keep:
+            return self.buffers[k], (self.peaks[k] - lse).exp()
+        return torch.sub(scores, lse[:, None], out=self.buffers[0]).exp_(), None
+
+
+def _walk_sizes_down(scores, g, kept, lse, coef, bounds, hidden, items, adjust=None):
+    """Shared backward of the fused losses, walking sizes K..1 over [T, N] buffers (g: scratch for G).
 
     G accumulates c_k softmax(S_k) (then `adjust(G, k)`, e.g. minus the one-hot targets); chunk k gets
-    dH_k = G E_k and dE_k = G^T H_k; S_{k-1} is recovered in place as S_k - H_k E_k^T.
+    dH_k = G E_k and dE_k = G^T H_k. Without kept exponentials S_{k-1} is recovered in place as
+    S_k - H_k E_k^T.
     """
-    g = torch.zeros_like(scores)
+    g.zero_()
     d_hidden, d_items = torch.empty_like(hidden), torch.empty_like(items)
     for k in reversed(range(len(bounds))):
         start, end = bounds[k]
-        torch.sub(scores, lse[k][:, None], out=probs).exp_()
-        g.add_(probs, alpha=coef[k])
+        p, scale = kept.softmax(k, scores, lse[k])
+        if scale is None:
+            g.add_(p, alpha=coef[k])
+        else:
+            g.addcmul_(p, scale.mul_(coef[k])[:, None])
         if adjust is not None:
             adjust(g, k)
         d_hidden[:, start:end] = g @ items[:, start:end]
-        d_items[:, start:end] = g.T @ hidden[:, start:end]
-        if k:
+        d_items[:, start:end] = _transposed_product(g, hidden[:, start:end])
+        if k and not kept.keep:
             scores.addmm_(hidden[:, start:end], items[:, start:end].T, alpha=-1)
     return d_hidden, d_items
 
 
+def _transposed_product(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """g^T h for g [T, N], h [T, w]. For a handful of columns (w < 16) BLAS reads g^T column-wise
+    slowly (3x here at w = 8); (h^T g)^T is the same product over g's rows."""
+    return (h.T @ g).T if h.shape[1] < 16 else g.T @ h
+
+
+def _shifted_exp(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = exp(x - peak) with peak [T] the row maxima of x [T, N]; returns peak (rows of -inf: out 0)."""
+    peak = x.amax(1, keepdim=True).clamp_(min=torch.finfo(x.dtype).min)
+    torch.sub(x, peak, out=out).exp_()
+    return peak[:, 0]
+
+
 def _logsumexp_rows(x: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
     """Row-wise log-sum-exp of x [T, N] using the preallocated `work` buffer (no [T, N] allocations)."""
-    peak = x.amax(1, keepdim=True).clamp_(min=torch.finfo(x.dtype).min)  # rows of -inf: lse -inf, not nan
-    torch.sub(x, peak, out=work).exp_()
-    return peak[:, 0] + work.sum(1).log()
+    peak = _shifted_exp(x, work)
+    return peak + work.sum(1).log()
 
 
 def nested_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, sizes,
-                         weights=None, method: str = "fused") -> torch.Tensor:
+                         weights=None, method: str = "fused", workspace: ScoreWorkspace | None = None) -> torch.Tensor:
     """hidden [B, L, d], targets [B, L] item indices (0 = no target), table [N + 1, d] -> scalar loss.
     (Also hidden [T, d] with targets [T], e.g. the model's output at=targets > 0.)
 
@@ -123,8 +209,10 @@ def nested_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, table: tor
     has_target = targets > 0
     if method == "fused":
         w = size_weights(sizes, weights).to(hidden)
+        if not (torch.is_grad_enabled() and (hidden.requires_grad or table.requires_grad)):
+            workspace = None  # no backward will give it back
         return FusedNestedCrossEntropy.apply(hidden[has_target], table[1:], targets[has_target] - 1,
-                                             tuple(sizes), w)
+                                             tuple(sizes), w, workspace)
     logits = nested_logits(hidden[has_target], table[1:], sizes, method)  # [K, T, N]
     k, t, n = logits.shape
     labels = (targets[has_target] - 1).repeat(k)
@@ -210,7 +298,7 @@ class ChunkedNestedCrossEntropy(torch.autograd.Function):
                 torch.sub(s, lse[k][:, None], out=p).exp_()
                 acc.add_(p, alpha=coef[k])
                 d_hidden[:, start:end].addmm_(acc, block[:, start:end])
-                d_items[first:first + c, start:end] = acc.T @ hidden[:, start:end]
+                d_items[first:first + c, start:end] = _transposed_product(acc, hidden[:, start:end])
                 if k:
                     s.addmm_(hidden[:, start:end], block[:, start:end].T, alpha=-1)
         onehot = _per_dim(coef_t.flip(0).cumsum(0).flip(0), sizes)  # sum_{k' >= k} c_k' per dim
@@ -244,25 +332,27 @@ class SampledNestedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, positives, negatives, bias, sizes, weights):
         bounds = _size_bounds(sizes)
-        scores, work = bias.clone(), torch.empty_like(bias)
+        keep = len(bounds) * bias.numel() * bias.element_size() <= KEEP_SCORES_BYTES
+        scores, buffers = bias.clone(), [torch.empty_like(bias) for _ in range(1 + (len(bounds) if keep else 1))]
+        kept = _SizeExponentials(buffers[1:], keep)
         target = _target_scores(hidden, positives, sizes)  # [K, T]
         lse = []
         for k, (start, end) in enumerate(bounds):
             scores.addmm_(hidden[:, start:end], negatives[:, start:end].T)
-            lse.append(torch.logaddexp(target[k], _logsumexp_rows(scores, work)))
+            lse.append(torch.logaddexp(target[k], kept.logsumexp_rows(scores)))
         lse = torch.stack(lse)
         ctx.save_for_backward(hidden, positives, negatives, weights, lse, target)
-        ctx.scores, ctx.work, ctx.sizes = scores, work, sizes
+        ctx.scores, ctx.gradient, ctx.kept, ctx.sizes = scores, buffers[0], kept, sizes
         return ((lse - target).mean(1) * weights).sum()
 
     @staticmethod
     def backward(ctx, grad):
         hidden, positives, negatives, weights, lse, target = ctx.saved_tensors
-        scores, probs, sizes = ctx.scores, ctx.work, ctx.sizes
-        del ctx.scores, ctx.work
+        scores, gradient, kept, sizes = ctx.scores, ctx.gradient, ctx.kept, ctx.sizes
+        del ctx.scores, ctx.gradient, ctx.kept
         bounds = _size_bounds(sizes)
         coef_t = grad * weights / hidden.shape[0]
-        d_hidden, d_negatives = _walk_sizes_down(scores, probs, lse, coef_t.tolist(), bounds, hidden, negatives)
+        d_hidden, d_negatives = _walk_sizes_down(scores, gradient, kept, lse, coef_t.tolist(), bounds, hidden, negatives)
         # target column: dL/dp_k = c_k (softmax_k(target) - 1); p_k reads dims [0, m_k)
         a = coef_t[:, None] * ((target - lse).exp() - 1)                      # [K, T]
         per_dim = _per_dim(a.flip(0).cumsum(0).flip(0), sizes).T  # [T, d]: sum_{k' >= k} a_k' per dim
@@ -352,6 +442,7 @@ class Objective(torch.nn.Module):
         self.loss, self.method, self.item_chunk, self.num_negatives = loss, method, item_chunk, num_negatives
         self.sampler = sampler if sampler is not None else NegativeSampler(model.cfg.num_items)
         self.label_smoothing = label_smoothing
+        self.workspace = ScoreWorkspace()  # the full loss's score buffers, reused step after step
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, negatives=None) -> torch.Tensor:
         if self.loss == "sampled":
@@ -363,7 +454,7 @@ class Objective(torch.nn.Module):
         if self.loss == "chunked":
             loss = chunked_nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.item_chunk)
         else:
-            loss = nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.method)
+            loss = nested_cross_entropy(hidden, targets, table, self.sizes, self.weights, self.method, self.workspace)
         if self.label_smoothing:
             loss = loss + self.label_smoothing * label_smoothing_term(
                 hidden, table[targets], table[1:].mean(0), self.sizes, self.weights)
