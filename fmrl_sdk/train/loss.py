@@ -66,10 +66,9 @@ class FusedNestedCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, items, labels, sizes, weights, workspace=None):
         t, n = hidden.shape[0], items.shape[0]
         bounds = _size_bounds(sizes)
-        keep = len(bounds) * t * n * hidden.element_size() <= KEEP_SCORES_BYTES
-        buffers = (workspace or ScoreWorkspace()).take(2 + (len(bounds) if keep else 1), t, n, hidden)
-        scores, gradient, exps = buffers.views[0].zero_(), buffers.views[1], buffers.views[2:]
-        lse, target, kept = [], [], _SizeExponentials(exps, keep)
+        buffers, kept = _score_buffers(len(bounds), t, n, hidden, workspace)
+        scores, gradient = buffers.views[0].zero_(), buffers.views[1]
+        lse, target = [], []
         for start, end in bounds:
             scores.addmm_(hidden[:, start:end], items[:, start:end].T)
             lse.append(kept.logsumexp_rows(scores))
@@ -129,6 +128,14 @@ class _Buffers:
     def release(self) -> None:
         if self.owner is not None:
             self.owner.taken, self.owner = False, None
+
+
+def _score_buffers(k: int, t: int, n: int, like: torch.Tensor, workspace: ScoreWorkspace | None):
+    """The fused losses' [t, n] buffers: scores, G, then each size's exponentials when all k fit in
+    KEEP_SCORES_BYTES (else one work buffer). Returns (buffers, their _SizeExponentials)."""
+    keep = k * t * n * like.element_size() <= KEEP_SCORES_BYTES
+    buffers = (workspace or ScoreWorkspace()).take(2 + (k if keep else 1), t, n, like)
+    return buffers, _SizeExponentials(buffers.views[2:], keep)
 
 
 class _SizeExponentials:
@@ -332,9 +339,8 @@ class SampledNestedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, positives, negatives, bias, sizes, weights):
         bounds = _size_bounds(sizes)
-        keep = len(bounds) * bias.numel() * bias.element_size() <= KEEP_SCORES_BYTES
-        scores, buffers = bias.clone(), [torch.empty_like(bias) for _ in range(1 + (len(bounds) if keep else 1))]
-        kept = _SizeExponentials(buffers[1:], keep)
+        buffers, kept = _score_buffers(len(bounds), *bias.shape, bias, None)
+        scores = buffers.views[0].copy_(bias)
         target = _target_scores(hidden, positives, sizes)  # [K, T]
         lse = []
         for k, (start, end) in enumerate(bounds):
@@ -342,7 +348,7 @@ class SampledNestedCrossEntropy(torch.autograd.Function):
             lse.append(torch.logaddexp(target[k], kept.logsumexp_rows(scores)))
         lse = torch.stack(lse)
         ctx.save_for_backward(hidden, positives, negatives, weights, lse, target)
-        ctx.scores, ctx.gradient, ctx.kept, ctx.sizes = scores, buffers[0], kept, sizes
+        ctx.scores, ctx.gradient, ctx.kept, ctx.sizes = scores, buffers.views[1], kept, sizes
         return ((lse - target).mean(1) * weights).sum()
 
     @staticmethod
