@@ -43,7 +43,7 @@ from latency_tools import (
     time_window,
 )
 
-from fmrl_sdk.deploy.candidates import Prober, json_bytes
+from fmrl_sdk.deploy.candidates import Prober, bundle_bytes
 from fmrl_sdk.deploy.export import (
     block_weight_bytes,
     build_program,
@@ -115,11 +115,10 @@ def bench_size(model, dataset, size: int, precision: str, events: int, tmp: Path
     pte_path.write_bytes(program.pte)
     with Prober() as prober:
         loaded = prober.probe(pte_path, num_state, torch.cat(inputs[:100]).numpy(), events=100)
-    bundle_bytes = (sum(len(data) for data in program.files.values()) + len(json_bytes(dataset.item_ids))
-                    + len(json_bytes(step.cold_start())))
+    files_bytes = bundle_bytes(program, dataset.item_ids, step.cold_start())
     weights = 4 * step.num_items * size + block_weight_bytes(step)
     row = {"size": size, "precision": precision, "num_items": step.num_items, "pte_bytes": len(program.pte),
-           "item_table_file": program.item_table["file"], "bundle_bytes": bundle_bytes,
+           "item_table_file": program.item_table["file"], "bundle_bytes": files_bytes,
            "table_bytes": program.table_bytes, "weights_fp32_bytes": weights,
            "ram_after_load_bytes": len(program.pte) + int(loaded["rss_growth_bytes"]),
            "step_p50_us": round(stepped["p50"], 1), "step_p99_us": round(stepped["p99"], 1),
@@ -129,7 +128,7 @@ def bench_size(model, dataset, size: int, precision: str, events: int, tmp: Path
     row["step_over_floor"] = round(row["step_p50_us"] / row["floor_p50_us"], 2)
     row["step_over_cpu_floor"] = round(row["step_p50_us"] / row["cpu_floor_p50_us"], 2)
     row["window50_over_step"] = round(row["window50_p50_us"] / row["step_p50_us"], 1)
-    row["bundle_over_weights"] = round(bundle_bytes / weights, 3)   # items.json weighs at small sizes
+    row["bundle_over_weights"] = round(files_bytes / weights, 3)   # items.json weighs at small sizes
     row["pte_over_weights"] = round(len(program.pte) / weights, 3)
     return row
 

@@ -39,6 +39,13 @@ def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
 
+def bundle_bytes(program, item_ids: list, cold_start: dict) -> int:
+    """Bytes of the files export writes for a bundle, manifest.json not counted (the manifest's
+    'bundle_bytes'): the program's files, items.json and cold_start.json."""
+    return (sum(len(data) for data in program.files.values()) + len(json_bytes(item_ids))
+            + len(json_bytes(cold_start)))
+
+
 def cache_key(run, k_max: int) -> dict:
     import executorch.version
 
@@ -145,7 +152,6 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh
     missing = [(s, p) for s, p in wanted if f"{s}/{p}" not in entries]
     if missing:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
-        items_bytes = len(json_bytes(run.item_ids))
         sequences = sample_sequences(dataset, 64)
         stream = event_stream(sequences, 400)
         rng = np.random.default_rng(1)
@@ -172,10 +178,9 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh
                     vectors = np.stack([program.table.vector(i) for i in stream])
                     probed = prober.probe(pte_path, num_state, vectors, events)
                     method = Stepper(load_program(program.pte, trusted=True), program.table)
-                    program_bytes = sum(len(data) for data in program.files.values())
                     entry = {
                         "size": size, "precision": precision, "pte_bytes": len(program.pte),
-                        "bundle_bytes": program_bytes + items_bytes + len(json_bytes(step.cold_start())),
+                        "bundle_bytes": bundle_bytes(program, run.item_ids, step.cold_start()),
                         "state_bytes": session_bytes(num_state[0], size, k_max),
                         "runtime_bytes": max(0, int(probed["rss_growth_bytes"]) - cache["baseline_rss_bytes"]),
                         "step_p50_us": round(probed["step_p50_us"], 2),
