@@ -53,6 +53,13 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_unknown_option_is_a_one_line_error(capsys):
+    """Usage errors raised by typer's own click (typer 0.29 vendors it) reach the entry point's handler."""
+    assert cli("simulate", "--no-such-option") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--no-such-option" in err[0], err
+
+
 # ----------------------------------------------------------------------------------------------
 # make-stream
 

@@ -63,8 +63,6 @@ def _verbose_requested(args: list[str]) -> bool:
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
-    import click
-
     from .noise import filter_stderr
 
     if not _verbose_requested(sys.argv[1:]):
@@ -74,9 +72,9 @@ def main() -> None:
     except FmrlError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+    except (typer.Abort, KeyboardInterrupt):  # typer turns Ctrl-C into Abort
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:  # usage errors carry their own exit code
-        e.show()
+    except typer.exceptions.TyperException as e:  # usage errors (typer's own click) carry their exit code
+        print(f"error: {e.format_message()} (see --help)", file=sys.stderr)
         sys.exit(e.exit_code)
