@@ -94,15 +94,17 @@ def register(app: typer.Typer) -> None:
         console = Console()
         if dist.main:
             console.print(report_line(prepared.dataset, rec.data.max_len, rec.data.stride))
+        finished = False
         try:
             run_dir = Path(distributed.broadcast_text(str(run_dir), dist))
             result = run_training(prepared, run_dir, console, dist, resume=resume is not None)
+            finished = True
         except KeyboardInterrupt:  # the last completed epoch is saved: say how to continue
             if dist.main and (run_dir / "config.json").exists():
                 print(f"interrupted: continue with `fmrl-sdk train --resume {run_dir}`", file=sys.stderr)
             sys.exit(130)
         finally:
-            distributed.teardown(dist)
+            distributed.teardown(dist, together=finished)
         if dist.main:
             console.print(metrics_table(result["test"], f"test (best epoch {result['best_epoch']}) - {run_dir}"))
             console.print(f"run written to [bold]{run_dir}[/]")
