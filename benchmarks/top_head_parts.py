@@ -37,6 +37,9 @@ def score_variants(model, dataset, max_len: int, batch_size: int = 256) -> dict[
         raise SystemExit("the run's item vectors are not hybrid (content + id): nothing to separate")
     sizes = model.cfg.sizes
     low, top = sizes[-2], sizes[-1]
+    if model.cfg.id_width < top:
+        raise SystemExit(f"the id vectors fill {model.cfg.id_width} of {top} dims (id_dims): the largest head's "
+                         "own dimensions hold content only, nothing to separate")
     content = model.projector(model.projector_inputs)[1:]      # [N, d] projected content
     ids = model.id_embedding.weight[1:]                         # [N, d] learned id vectors
     table = model.item_table()                                  # model input, as trained

@@ -12,7 +12,8 @@ from fmrl_sdk.model.model import LRUState
 SIZES = (4, 8, 16, 32)
 
 
-def make_model(item_embedding="hybrid", blocks=2, num_items=60, feature_dim=12, sizes=SIZES, seed=0, whiten=False):
+def make_model(item_embedding="hybrid", blocks=2, num_items=60, feature_dim=12, sizes=SIZES, seed=0, whiten=False,
+               id_dims=0):
     torch.manual_seed(seed)
     features = torch.randn(num_items + 1, feature_dim)
     if whiten:
@@ -20,7 +21,7 @@ def make_model(item_embedding="hybrid", blocks=2, num_items=60, feature_dim=12, 
     features[0] = 0
     cfg = ModelConfig(num_items=num_items, sizes=sizes, feature_dim=feature_dim, item_embedding=item_embedding,
                       num_blocks=blocks, dropout=0.0, lru_dropout=0.0, r_min=0.4, r_max=0.99,
-                      whiten_features=whiten)
+                      whiten_features=whiten, id_dims=id_dims)
     return FMRLRec(cfg, features if item_embedding != "id" else None).eval()
 
 
@@ -134,10 +135,11 @@ def test_whitened_features_have_identity_covariance_and_travel_with_the_weights(
     assert torch.allclose(other.item_table(), other.content_vectors(other.features), atol=1e-6)
 
 
-@pytest.mark.parametrize("item_embedding,whiten", [("content", False), ("id", False), ("hybrid", False),
-                                                   ("hybrid", True)])
-def test_cut_equals_nested_head_at_every_size(item_embedding, whiten):
-    model = make_model(item_embedding, whiten=whiten)
+@pytest.mark.parametrize("item_embedding,whiten,id_dims", [("content", False, 0), ("id", False, 0),
+                                                           ("hybrid", False, 0), ("hybrid", True, 0),
+                                                           ("hybrid", False, 8), ("hybrid", False, 12)])
+def test_cut_equals_nested_head_at_every_size(item_embedding, whiten, id_dims):
+    model = make_model(item_embedding, whiten=whiten, id_dims=id_dims)
     items = torch.randint(0, 61, (4, 9))
     with torch.no_grad():
         table = model.item_table()
@@ -147,6 +149,7 @@ def test_cut_equals_nested_head_at_every_size(item_embedding, whiten):
             assert small.cfg.sizes == tuple(s for s in SIZES if s <= size)
             small_table = small.item_table()
             assert small_table.shape[1] == size
+            assert small.cfg.id_width == min(size, model.cfg.id_width)
             diff = (model.scores(full, table, size) - small.scores(small(items, small_table), small_table, size))
             assert diff.abs().max() <= 1e-5
 
@@ -171,6 +174,21 @@ def test_config_validation():
         ModelConfig(num_items=3, sizes=(8, 8))
     with pytest.raises(ValueError):
         ModelConfig(num_items=3, sizes=(8,), item_embedding="content", feature_dim=0)
+    for kind, id_dims in [("content", 4), ("id", 4), ("hybrid", 9)]:
+        with pytest.raises(ValueError, match="id_dims"):
+            ModelConfig(num_items=3, sizes=(4, 8), item_embedding=kind, feature_dim=2, id_dims=id_dims)
+
+
+def test_id_vectors_fill_only_their_leading_dimensions():
+    """hybrid with id_dims = 8 of 32: item vectors are content + id in dims 0..7 and content alone after."""
+    model = make_model("hybrid", id_dims=8)
+    assert model.id_embedding.weight.shape == (61, 8)
+    with torch.no_grad():
+        model.id_embedding.weight.normal_()
+        content = model.content_vectors(model.features)
+        table = model.item_table()
+        assert torch.equal(table[:, 8:], content[:, 8:])
+        assert torch.allclose(table[:, :8], content[:, :8] + model.id_embedding.weight)
 
 
 def test_config_of_an_older_sdk_with_extra_still_loads():
@@ -182,9 +200,9 @@ def test_config_of_an_older_sdk_with_extra_still_loads():
         ModelConfig.from_dict({**old, "sizez": [8]})
 
 
-@pytest.mark.parametrize("item_embedding", ["content", "id", "hybrid"])
-def test_item_table_rows_equal_the_full_table(item_embedding):
-    model = make_model(item_embedding)
+@pytest.mark.parametrize("item_embedding,id_dims", [("content", 0), ("id", 0), ("hybrid", 0), ("hybrid", 16)])
+def test_item_table_rows_equal_the_full_table(item_embedding, id_dims):
+    model = make_model(item_embedding, id_dims=id_dims)
     rows = torch.tensor([0, 3, 17, model.cfg.num_items])
     with torch.no_grad():
         assert torch.allclose(model.item_table(rows), model.item_table()[rows], rtol=1e-6, atol=1e-7)

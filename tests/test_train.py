@@ -135,6 +135,8 @@ def test_evaluation_ranks_against_brute_force(tiny_run):
     ({"model": {"item_embedding": "ids"}}, "item_embedding must be one of"),
     ({"train": {"size_weights": [1, 2]}}, "size_weights needs 8"),
     ({"model": {"whiten_features": 1}}, r"whiten_features = 1 should be bool"),
+    ({"model": {"item_embedding": "content", "id_dims": 8}}, r"id_dims = 8 needs item_embedding = 'hybrid'"),
+    ({"model": {"item_embedding": "hybrid", "sizes": [8, 16], "id_dims": 32}}, r"1 <= id_dims <= the largest"),
     ({"train": {"epochs": True}}, r"epochs = True should be int"),
     ({"train": {"select_on": "best"}}, r"select_on must be 'mean' or 'largest'"),
     ({"train": {"length_buckets": -1}}, r"counts >= 0"),

@@ -37,6 +37,7 @@ class ModelConfig:
     feature_dim: int = 0                      # F: concatenated content features (0: no content)
     item_embedding: str = "content"           # content | id | hybrid (content + learned id vector)
     whiten_features: bool = False             # centre and whiten content features before the projector
+    id_dims: int = 0                          # hybrid: the id vector fills the first id_dims dims only (0: all d)
     num_blocks: int = 1
     dropout: float = 0.1                      # embedding and feed-forward dropout
     lru_dropout: float = 0.1                  # dropout on the LRU output
@@ -51,6 +52,8 @@ class ModelConfig:
             raise ValueError(f"item_embedding must be one of {ITEM_EMBEDDINGS}, got {self.item_embedding!r}")
         if self.uses_content and self.feature_dim <= 0:
             raise ValueError(f"item_embedding={self.item_embedding!r} needs content features (feature_dim > 0)")
+        if self.id_dims and (self.item_embedding != "hybrid" or not 1 <= self.id_dims <= self.d):
+            raise ValueError(f"id_dims={self.id_dims} needs item_embedding='hybrid' and 1 <= id_dims <= d ({self.d})")
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -61,6 +64,11 @@ class ModelConfig:
     @property
     def d(self) -> int:
         return self.sizes[-1]
+
+    @property
+    def id_width(self) -> int:
+        """Dimensions the learned id vector fills (the leading ones): id_dims, or all d when 0."""
+        return min(self.id_dims, self.d) if self.id_dims else self.d
 
     @property
     def uses_content(self) -> bool:
@@ -330,7 +338,7 @@ class FMRLRec(nn.Module):
             self.register_load_state_dict_post_hook(FMRLRec._refresh_projector_inputs)
             self.projector = nn.Linear(cfg.feature_dim, d)
         if cfg.uses_ids:
-            self.id_embedding = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
+            self.id_embedding = nn.Embedding(cfg.num_items + 1, cfg.id_width, padding_idx=0)
             nn.init.normal_(self.id_embedding.weight, std=0.02 if cfg.item_embedding == "hybrid" else 1.0 / d**0.5)
             with torch.no_grad():
                 self.id_embedding.weight[0] = 0
@@ -360,7 +368,8 @@ class FMRLRec(nn.Module):
         if self.cfg.uses_content:
             table = self.projector(self.projector_inputs if rows is None else self.projector_inputs[rows])
         if self.cfg.uses_ids:
-            table = table + (self.id_embedding.weight if rows is None else self.id_embedding.weight[rows])
+            ids = self.id_embedding.weight if rows is None else self.id_embedding.weight[rows]
+            table = table + (ids if ids.shape[1] == self.cfg.d else F.pad(ids, (0, self.cfg.d - ids.shape[1])))
         return table
 
     # -- sequences -----------------------------------------------------------------------------
@@ -420,7 +429,8 @@ class FMRLRec(nn.Module):
         """The standalone size-`size` model (sizes up to `size`), holding exactly the leading weights."""
         if size not in self.cfg.sizes:
             raise ValueError(f"size {size} was not trained; trained sizes: {list(self.cfg.sizes)}")
-        cfg = replace(self.cfg, sizes=tuple(s for s in self.cfg.sizes if s <= size))
+        id_dims = self.cfg.id_dims if self.cfg.id_dims < size else 0  # 0: the id vector fills the small model
+        cfg = replace(self.cfg, sizes=tuple(s for s in self.cfg.sizes if s <= size), id_dims=id_dims)
         with torch.random.fork_rng(devices=[]):  # the throwaway initialisation leaves the global RNG as it was
             small = FMRLRec(cfg, getattr(self, "features", None))
         state = {}
@@ -432,7 +442,7 @@ class FMRLRec(nn.Module):
         if hasattr(self, "projector"):
             state["projector.weight"], state["projector.bias"] = self.projector.weight[:size], self.projector.bias[:size]
         if hasattr(self, "id_embedding"):
-            state["id_embedding.weight"] = self.id_embedding.weight[:, :size]
+            state["id_embedding.weight"] = self.id_embedding.weight[:, :min(size, self.cfg.id_width)]
         small.load_state_dict({k: v.detach().clone() for k, v in state.items()})
         return small
 

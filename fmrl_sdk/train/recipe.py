@@ -29,6 +29,7 @@ class ModelSection:
     sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
     item_embedding: str = "content"  # content | id | hybrid
     whiten_features: bool = False    # content features centred and whitened before the projector
+    id_dims: int = 0                 # hybrid: the learned id vector fills the first id_dims dims (0: all)
     num_blocks: int = 1
     dropout: float = 0.1
     lru_dropout: float = 0.1
@@ -94,6 +95,9 @@ class Recipe:
             raise FmrlError(f"{src}: [model] sizes must be strictly increasing positive integers, got {sizes}")
         if m.item_embedding not in ITEM_EMBEDDINGS:
             raise FmrlError(f"{src}: [model] item_embedding must be one of {', '.join(ITEM_EMBEDDINGS)}")
+        if m.id_dims and (m.item_embedding != "hybrid" or not 1 <= m.id_dims <= sizes[-1]):
+            raise FmrlError(f"{src}: [model] id_dims = {m.id_dims} needs item_embedding = 'hybrid' and "
+                            f"1 <= id_dims <= the largest size ({sizes[-1]}); 0 means all")
         if t.size_weights and (len(t.size_weights) != len(sizes) or min(t.size_weights) < 0
                                or sum(t.size_weights) <= 0):
             raise FmrlError(f"{src}: [train] size_weights needs {len(sizes)} non-negative numbers, not all 0")

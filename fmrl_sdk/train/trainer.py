@@ -54,7 +54,7 @@ def prepare(recipe: Recipe) -> Prepared:
         features = load_item_features(recipe.data.features, dataset.item_ids)
     cfg = ModelConfig(num_items=dataset.num_items, sizes=tuple(m.sizes),
                       feature_dim=0 if features is None else features.shape[1], item_embedding=m.item_embedding,
-                      whiten_features=m.whiten_features and uses_content(m.item_embedding),
+                      whiten_features=m.whiten_features and uses_content(m.item_embedding), id_dims=m.id_dims,
                       num_blocks=m.num_blocks, dropout=m.dropout, lru_dropout=m.lru_dropout, r_min=m.r_min, r_max=m.r_max)
     return Prepared(recipe, dataset, features, cfg)
 
