@@ -68,7 +68,7 @@ class ModelConfig:
     @property
     def id_width(self) -> int:
         """Dimensions the learned id vector fills (the leading ones): id_dims, or all d when 0."""
-        return min(self.id_dims, self.d) if self.id_dims else self.d
+        return self.id_dims or self.d
 
     @property
     def uses_content(self) -> bool:
@@ -442,7 +442,7 @@ class FMRLRec(nn.Module):
         if hasattr(self, "projector"):
             state["projector.weight"], state["projector.bias"] = self.projector.weight[:size], self.projector.bias[:size]
         if hasattr(self, "id_embedding"):
-            state["id_embedding.weight"] = self.id_embedding.weight[:, :min(size, self.cfg.id_width)]
+            state["id_embedding.weight"] = self.id_embedding.weight[:, :small.cfg.id_width]
         small.load_state_dict({k: v.detach().clone() for k, v in state.items()})
         return small
 
