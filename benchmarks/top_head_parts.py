@@ -12,7 +12,8 @@ script scores test users with the largest head three ways, changing only the sco
     python benchmarks/top_head_parts.py --run runs/G512 [--json benchmarks/results/top_head_parts_G512.json]
         [--features features/beauty-minilm] [--data ../shared/data/amazon-beauty]
 
-Protocol as `fmrl-sdk eval`: test split, full ranking, history not masked, exact per-user means.
+Protocol as `fmrl-sdk eval` (train.evaluate with the changed scoring table): test split, full ranking, history
+not masked, exact per-user means.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ from pathlib import Path
 import torch
 
 from fmrl_sdk.fileio import atomic_write_json
-from fmrl_sdk.data.dataset import left_pad
-from fmrl_sdk.train.evaluate import metric_names, rank_metrics, trim_left_padding
+from fmrl_sdk.train.evaluate import evaluate
 from fmrl_sdk.train.run import load_run, load_run_dataset
 
 SHOWN = ("NDCG@5", "MRR@10", "NDCG@10", "Recall@5", "Recall@10", "Recall@20", "Recall@50")
 
 
 @torch.no_grad()
-def score_variants(model, dataset, max_len: int, batch_size: int = 256) -> dict[str, dict[str, float]]:
-    """{variant: metrics} for the next-to-largest head and three scorings of the largest head."""
+def score_variants(model, dataset, max_len: int) -> dict[str, dict[str, float]]:
+    """{variant: test metrics} for the next-to-largest head and three scorings of the largest head."""
     if model.cfg.item_embedding != "hybrid":
         raise SystemExit("the run's item vectors are not hybrid (content + id): nothing to separate")
     sizes = model.cfg.sizes
@@ -40,30 +40,20 @@ def score_variants(model, dataset, max_len: int, batch_size: int = 256) -> dict[
     if model.cfg.id_width < top:
         raise SystemExit(f"the id vectors fill {model.cfg.id_width} of {top} dims (id_dims): the largest head's "
                          "own dimensions hold content only, nothing to separate")
-    content = model.projector(model.projector_inputs)[1:]      # [N, d] projected content
-    ids = model.id_embedding.weight[1:]                         # [N, d] learned id vectors
-    table = model.item_table()                                  # model input, as trained
+    content = model.projector(model.projector_inputs)           # [N + 1, d] projected content
+    ids = model.id_embedding.weight                             # [N + 1, d] learned id vectors
+    table = model.item_table()                                  # model input, as trained: content + ids
     own = slice(low, top)
-    tables = {f"{top} as trained": content + ids,
-              f"{top} content only": torch.cat([(content + ids)[:, :low], content[:, own]], 1),
-              f"{top} id only": torch.cat([(content + ids)[:, :low], ids[:, own]], 1)}
-    histories, targets = dataset.history_and_target("test")
-    inputs = left_pad(histories, max_len)
-    sums = {name: dict.fromkeys(metric_names(), 0.0) for name in [f"{low} as trained", *tables]}
-    for start in range(0, len(targets), batch_size):
-        (batch,) = trim_left_padding(inputs[start:start + batch_size])
-        items_in = torch.from_numpy(batch)
-        target = torch.from_numpy(targets[start:start + batch_size]) - 1
-        last = torch.zeros_like(items_in, dtype=torch.bool)
-        last[:, -1] = True
-        hidden = model(items_in, table, at=last)                # [B, top]
-        scorings = {f"{low} as trained": hidden[:, :low] @ tables[f"{top} as trained"][:, :low].T}
-        scorings.update({name: hidden @ t.T for name, t in tables.items()})
-        for name, scores in scorings.items():
-            ranks = (scores >= scores.gather(1, target[:, None])).sum(1) - 1
-            for metric, values in rank_metrics(ranks).items():
-                sums[name][metric] += values.sum().item()
-    return {name: {m: v / len(targets) for m, v in metrics.items()} for name, metrics in sums.items()}
+    variants = {"as trained": table,
+                "content only": torch.cat([table[:, :low], content[:, own]], 1),
+                "id only": torch.cat([table[:, :low], ids[:, own]], 1)}
+    results = {}
+    for name, scoring_table in variants.items():
+        metrics = evaluate(model, dataset, "test", max_len, scoring_table=scoring_table)
+        if name == "as trained":
+            results[f"{low} as trained"] = metrics[low]
+        results[f"{top} {name}"] = metrics[top]
+    return results
 
 
 def main() -> None:

@@ -127,6 +127,26 @@ def test_evaluation_ranks_against_brute_force(tiny_run):
             assert abs(np.mean(hits) - metrics_masked[size]["Recall@10"]) < 1e-12
 
 
+def test_evaluation_with_a_changed_scoring_table(tiny_run):
+    """scoring_table changes what items are scored against, not the model's input table."""
+    run = load_run(tiny_run[0])
+    data = load_dataset("demo")
+    from fmrl_sdk.data.dataset import left_pad
+    with torch.no_grad():
+        table = run.model.item_table()
+        changed = table.clone()
+        changed[:, 4:] = torch.randn_like(changed[:, 4:])
+        metrics = evaluate(run.model, data, "test", max_len=20, batch_size=500, scoring_table=changed)
+        assert evaluate(run.model, data, "test", max_len=20, batch_size=500, scoring_table=table) == \
+            evaluate(run.model, data, "test", max_len=20, batch_size=500)
+        histories, targets = data.history_and_target("test")
+        hidden = run.model(torch.from_numpy(left_pad(histories, 20)), table)[:, -1]
+        for size in run.model.cfg.sizes:
+            scores = run.model.scores(hidden, changed, size)
+            hits = [int((scores[u] >= scores[u, t - 1]).sum()) - 1 < 10 for u, t in enumerate(targets)]
+            assert abs(np.mean(hits) - metrics[size]["Recall@10"]) < 1e-12
+
+
 @pytest.mark.parametrize("raw,match", [
     ({"train": {"epochz": 3}}, r"\[train\]: unknown key 'epochz'"),
     ({"optim": {}}, r"unknown table \[optim\]"),

@@ -42,8 +42,13 @@ def trim_left_padding(*arrays: np.ndarray) -> list[np.ndarray]:
 
 @torch.no_grad()
 def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, batch_size: int = 256,
-             mask_history: bool = False, ks=KS, progress=None) -> dict[int, dict[str, float]]:
-    """{size: {"Recall@10": ..., ...}} over all users of `split` ('val' or 'test')."""
+             mask_history: bool = False, ks=KS, progress=None,
+             scoring_table: torch.Tensor | None = None) -> dict[int, dict[str, float]]:
+    """{size: {"Recall@10": ..., ...}} over all users of `split` ('val' or 'test').
+
+    Items are scored against `scoring_table` [N + 1, d] (row 0: padding) when given, else against the
+    model's own item table (its input); diagnostics pass a changed table to see what a part of it does.
+    """
     was_training = model.training
     model.eval()
     histories, targets = dataset.history_and_target(split)
@@ -51,7 +56,7 @@ def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, bat
     order = np.argsort([min(len(h), max_len) for h in histories], kind="stable")
     inputs, targets = left_pad([histories[u] for u in order], max_len), targets[order]
     table = model.item_table()
-    items, device = table[1:], table.device
+    items, device = (table if scoring_table is None else scoring_table)[1:], table.device
     sizes = model.cfg.sizes
     sums = {size: {name: 0.0 for name in metric_names(ks)} for size in sizes}
     task = progress.add_task(f"eval {split}", total=len(targets), info="") if progress else None
