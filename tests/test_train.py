@@ -11,7 +11,7 @@ import torch
 
 from fmrl_sdk.data import load_dataset
 from fmrl_sdk.errors import FmrlError
-from fmrl_sdk.train.evaluate import evaluate, rank_metrics
+from fmrl_sdk.train.evaluate import evaluate, rank_metrics, user_ranks
 from fmrl_sdk.train.recipe import Recipe, load_recipe
 from fmrl_sdk.train.run import load_run
 from fmrl_sdk.train.trainer import prepare, train
@@ -145,6 +145,33 @@ def test_evaluation_with_a_changed_scoring_table(tiny_run):
             scores = run.model.scores(hidden, changed, size)
             hits = [int((scores[u] >= scores[u, t - 1]).sum()) - 1 < 10 for u, t in enumerate(targets)]
             assert abs(np.mean(hits) - metrics[size]["Recall@10"]) < 1e-12
+
+
+def test_user_ranks_per_user_in_user_order(tiny_run):
+    """user_ranks: each user's own rank (brute force, up to float ties), in the split's user order whatever
+    the batching, and the ranks `evaluate` averages."""
+    run = load_run(tiny_run[0])
+    data = load_dataset("demo")
+    from fmrl_sdk.data.dataset import left_pad
+    histories, targets = data.history_and_target("test")
+    with torch.no_grad():
+        table = run.model.item_table()
+        hidden = run.model(torch.from_numpy(left_pad(histories, 20)), table)[:, -1]
+    for batch_size in (7, 1000):
+        ranks = user_ranks(run.model, data, "test", max_len=20, batch_size=batch_size)
+        metrics = evaluate(run.model, data, "test", max_len=20, batch_size=batch_size)
+        assert ranks.keys() == set(run.model.cfg.sizes)
+        for size in run.model.cfg.sizes:
+            scores = run.model.scores(hidden, table, size)
+            target = scores.gather(1, torch.from_numpy(targets - 1)[:, None])
+            noise = 1e-6 * scores.abs().amax(1, keepdim=True)
+            above = (scores > target + noise).sum(1)       # surely ranked above the target
+            level = (scores >= target - noise).sum(1) - 1  # above or within float noise of it
+            rank = torch.from_numpy(ranks[size])
+            assert bool(((above <= rank) & (rank <= level)).all()), size
+            assert (level - above).float().mean() < 0.1  # the bounds pin most users' rank exactly
+            for name, values in rank_metrics(rank).items():
+                assert abs(values.mean().item() - metrics[size][name]) < 1e-6
 
 
 @pytest.mark.parametrize("raw,match", [

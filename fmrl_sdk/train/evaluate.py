@@ -40,25 +40,15 @@ def trim_left_padding(*arrays: np.ndarray) -> list[np.ndarray]:
     return [a[:, start:] for a in arrays]
 
 
-@torch.no_grad()
-def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, batch_size: int = 256,
-             mask_history: bool = False, ks=KS, progress=None,
-             scoring_table: torch.Tensor | None = None) -> dict[int, dict[str, float]]:
-    """{size: {"Recall@10": ..., ...}} over all users of `split` ('val' or 'test').
-
-    Items are scored against `scoring_table` [N + 1, d] (row 0: padding) when given, else against the
-    model's own item table (its input); diagnostics pass a changed table to see what a part of it does.
-    """
-    was_training = model.training
-    model.eval()
+def _batch_ranks(model, dataset: Dataset, split: str, max_len: int, batch_size: int, mask_history: bool,
+                 progress, scoring_table: torch.Tensor | None):
+    """Yields (users [B] numpy indices into the split, {size: ranks [B]}) batch by batch; 0 = ranked first."""
     histories, targets = dataset.history_and_target(split)
     # users in order of history length, so a batch is padded only to its own longest (sums are per user)
     order = np.argsort([min(len(h), max_len) for h in histories], kind="stable")
     inputs, targets = left_pad([histories[u] for u in order], max_len), targets[order]
     table = model.item_table()
     items, device = (table if scoring_table is None else scoring_table)[1:], table.device
-    sizes = model.cfg.sizes
-    sums = {size: {name: 0.0 for name in metric_names(ks)} for size in sizes}
     task = progress.add_task(f"eval {split}", total=len(targets), info="") if progress else None
     for start in range(0, len(targets), batch_size):
         (batch,) = trim_left_padding(inputs[start:start + batch_size])
@@ -74,18 +64,53 @@ def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, bat
             excluded[rows, batch[rows, cols] - 1] = True
             excluded = excluded.to(device)
             excluded[torch.arange(len(target), device=device), target] = False
-        scores, begin = 0, 0
-        for size in sizes:  # running sum over chunks: each size costs only its new dims
+        scores, begin, ranks = 0, 0, {}
+        for size in model.cfg.sizes:  # running sum over chunks: each size costs only its new dims
             scores = scores + hidden[:, begin:size] @ items[:, begin:size].T
             begin = size
             ranked = scores if excluded is None else scores.masked_fill(excluded, float("-inf"))
             target_score = ranked.gather(1, target[:, None])
-            ranks = (ranked >= target_score).sum(1) - 1  # items tied with the target rank above it
-            for name, values in rank_metrics(ranks, ks).items():
-                sums[size][name] += values.sum().item()
+            ranks[size] = (ranked >= target_score).sum(1) - 1  # items tied with the target rank above it
+        yield order[start:start + batch_size], ranks
         if progress:
             progress.update(task, advance=len(target))
     if progress:
         progress.remove_task(task)
+
+
+@torch.no_grad()
+def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, batch_size: int = 256,
+             mask_history: bool = False, ks=KS, progress=None,
+             scoring_table: torch.Tensor | None = None) -> dict[int, dict[str, float]]:
+    """{size: {"Recall@10": ..., ...}} over all users of `split` ('val' or 'test').
+
+    Items are scored against `scoring_table` [N + 1, d] (row 0: padding) when given, else against the
+    model's own item table (its input); diagnostics pass a changed table to see what a part of it does.
+    """
+    was_training = model.training
+    model.eval()
+    sums = {size: {name: 0.0 for name in metric_names(ks)} for size in model.cfg.sizes}
+    users = 0
+    for batch_users, ranks in _batch_ranks(model, dataset, split, max_len, batch_size, mask_history, progress,
+                                           scoring_table):
+        users += len(batch_users)
+        for size, size_ranks in ranks.items():
+            for name, values in rank_metrics(size_ranks, ks).items():
+                sums[size][name] += values.sum().item()
     model.train(was_training)
-    return {size: {name: total / len(targets) for name, total in metrics.items()} for size, metrics in sums.items()}
+    return {size: {name: total / users for name, total in metrics.items()} for size, metrics in sums.items()}
+
+
+@torch.no_grad()
+def user_ranks(model, dataset: Dataset, split: str = "test", max_len: int = 50, batch_size: int = 256,
+               mask_history: bool = False) -> dict[int, np.ndarray]:
+    """{size: ranks [users] int64}, the target's 0-based rank per user in the split's user order (the ranks
+    `evaluate` averages); for per-user analyses such as paired differences between two runs."""
+    was_training = model.training
+    model.eval()
+    out = {size: np.full(dataset.num_users, -1, dtype=np.int64) for size in model.cfg.sizes}
+    for batch_users, ranks in _batch_ranks(model, dataset, split, max_len, batch_size, mask_history, None, None):
+        for size, size_ranks in ranks.items():
+            out[size][batch_users] = size_ranks.cpu().numpy()
+    model.train(was_training)
+    return out
