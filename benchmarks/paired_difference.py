@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.fileio import atomic_write_json
 from fmrl_sdk.train.evaluate import rank_metrics, user_ranks
 from fmrl_sdk.train.run import load_run, load_run_dataset
@@ -59,7 +60,10 @@ def main() -> None:
     torch.set_grad_enabled(False)
     results = {}
     for run in args.run:
-        size, values = per_user(run, args.size, args.data, args.features)
+        try:
+            size, values = per_user(run, args.size, args.data, args.features)
+        except FmrlError as e:
+            raise SystemExit(f"error: {e}") from None
         results[run.name] = {"run": str(run), "size": size, "values": values}
     base_name = args.run[0].name
     base = results[base_name]["values"]
