@@ -90,15 +90,13 @@ def evaluate(model, dataset: Dataset, split: str = "val", max_len: int = 50, bat
     was_training = model.training
     model.eval()
     sums = {size: {name: 0.0 for name in metric_names(ks)} for size in model.cfg.sizes}
-    users = 0
-    for batch_users, ranks in _batch_ranks(model, dataset, split, max_len, batch_size, mask_history, progress,
-                                           scoring_table):
-        users += len(batch_users)
+    for _, ranks in _batch_ranks(model, dataset, split, max_len, batch_size, mask_history, progress, scoring_table):
         for size, size_ranks in ranks.items():
             for name, values in rank_metrics(size_ranks, ks).items():
                 sums[size][name] += values.sum().item()
     model.train(was_training)
-    return {size: {name: total / users for name, total in metrics.items()} for size, metrics in sums.items()}
+    return {size: {name: total / dataset.num_users for name, total in metrics.items()}
+            for size, metrics in sums.items()}
 
 
 @torch.no_grad()
