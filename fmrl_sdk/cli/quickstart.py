@@ -52,10 +52,13 @@ def register(app: typer.Typer) -> None:
         for name, _, output in steps:
             table.add_row(name, f"{seconds[name]:.1f}", str(output or ""))
         console.print(table)
-        online = ", ".join(f"{k} {v:.4f}" for k, v in result.get("online", {}).items())
+        head = result["headline"]
+        figures = ", ".join(f"{k} {head[k]:.4f}" for k in head if "@" in k)
+        in_sample = ", ".join(f"{k} {v:.4f}" for k, v in result["online"].items())
         console.print(f"bundle {bundle}: size {manifest['granularity']} for {manifest['profile']}, "
                       f"{manifest['sizes']['bundle_bytes']:,} bytes, {result['state_bytes_per_user']:,} bytes "
                       "per user session")
-        console.print(f"simulate: {result['events']:,} events, {result['users']:,} users, online {online}, "
+        console.print(f"simulate: [bold]{head['label']}: {figures}[/]; all {result['events']:,} events "
+                      f"(in-sample: trained on) {in_sample}; {result['users']:,} users, "
                       f"p50 {result['latency_us']['p50']:.0f} us/event, {result['events_per_s']:.0f} events/s")
         console.print(f"total {sum(seconds.values()):.0f} s")

@@ -21,6 +21,11 @@ def register(app: typer.Typer) -> None:
         stride: int = typer.Option(0, "--stride", min=0,
                                    help="Window stride (as \\[data] stride; 0 = last max_len only)."),
         examples: int = typer.Option(3, "--examples", min=0, help="Example item texts to show."),
+        split: str = typer.Option("leave-one-out", "--split", help="leave-one-out or time (as \\[data] split)."),
+        test_from: Optional[str] = typer.Option(None, "--test-from",
+                                                help="Time split: unix timestamp, ISO date or fraction of events (0.8)."),
+        val_from: Optional[str] = typer.Option(None, "--val-from",
+                                               help="Time split: start of validation (default: as many events as the test window)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Users, items, k-core drops, timestamp ties, targets used, catalogue coverage, example texts."""
@@ -31,10 +36,15 @@ def register(app: typer.Typer) -> None:
 
         from ..errors import FmrlError
         from .inspect import inspect_data, report_rows
+        from .split import SplitSpec
 
         if stride > max_len:
             raise FmrlError(f"--stride {stride}: must be at most --max-len {max_len}")
-        report = inspect_data(data, items, min_count, max_len, stride, examples)
+        if test_from is not None and split == "leave-one-out":
+            split = "time"
+        spec = SplitSpec(split, test_from or "", val_from or "")
+        spec.check("data inspect")
+        report = inspect_data(data, items, min_count, max_len, stride, examples, spec)
         if as_json:
             print(json.dumps(report, indent=2))
             return

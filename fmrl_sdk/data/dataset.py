@@ -1,8 +1,9 @@
 """The in-memory dataset every stage shares, and the readers that build it.
 
 Item indices are internal integers 1..N (0 is padding); `item_ids[i - 1]` is item i's external id.
-Each user's sequence is in time order. Leave-one-out: the last item is the test target, the one
-before it the validation target, the rest is training history.
+Each user's sequence is in time order. Two splits (split.py): leave-one-out (the last item is the test
+target, the one before it the validation target, the rest is training history) and time (global cuts:
+training events before val_from, every later event a validation or test target in its window).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from ..errors import FmrlError
 from ..fileio import read_jsonl_objects
 from .catalogue import Catalogue, read_catalogue
+from .split import SplitSpec, TimeCuts, resolve_cuts
 
 DEMO_DATA_DIR = Path(__file__).resolve().parent / "demo"
 SPLITS = ("train", "val", "test")
@@ -36,6 +38,10 @@ class Dataset:
       catalogue alignment.
     catalogue: the --items catalogue, if one was given.
     file_item_ids: every item of the interactions file, before k-core filtering (None: same as item_ids).
+    times: one float64 array per user, the events' unix timestamps (None: the data has none).
+    cuts: the time split's cuts (None: leave-one-out). Then `sequences` hold every user of the file with
+      their events of known items (items of the training k-core), and `train_users` marks the users of
+      the training k-core, whose events before cuts.val_from are the training data.
     """
 
     name: str
@@ -47,6 +53,9 @@ class Dataset:
     report: dict = field(default_factory=dict)
     catalogue: Catalogue | None = None
     file_item_ids: list[str] | None = None
+    times: list[np.ndarray] | None = None
+    cuts: TimeCuts | None = None
+    train_users: np.ndarray | None = None
 
     @property
     def num_items(self) -> int:
@@ -56,17 +65,45 @@ class Dataset:
     def num_users(self) -> int:
         return len(self.sequences)
 
-    def history_and_target(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
-        """Leave-one-out: (histories, targets) for 'val' or 'test'; 'train' has no single target."""
-        cut = {"val": 2, "test": 1}.get(split)
-        if cut is None:
+    def split_info(self) -> dict:
+        """{"kind": "leave-one-out"} or the time split's cuts (recorded in runs and bundle manifests)."""
+        return self.cuts.to_dict() if self.cuts is not None else {"kind": "leave-one-out"}
+
+    def target_positions(self, split: str) -> list[np.ndarray]:
+        """Per user, the positions (int64, ascending) of the events that are `split`'s targets ('val' or
+        'test'): leave-one-out, the second to last or the last; time, every event in the split's window."""
+        if split not in ("val", "test"):
             raise FmrlError(f"unknown split {split!r}: expected 'val' or 'test'")
-        histories = [s[: len(s) - cut] for s in self.sequences]
-        targets = np.array([s[len(s) - cut] for s in self.sequences], dtype=np.int64)
-        return histories, targets
+        if self.cuts is None:
+            cut = 2 if split == "val" else 1
+            return [np.array([len(s) - cut], dtype=np.int64) for s in self.sequences]
+        lo, hi = (self.cuts.val_from, self.cuts.test_from) if split == "val" else (self.cuts.test_from, np.inf)
+        return [np.arange(np.searchsorted(t, lo, "left"), np.searchsorted(t, hi, "left"), dtype=np.int64)
+                for t in self.times]
+
+    def history_and_target(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """One (history, target) per user that has a target in `split`: the user's first target and
+        everything before it (leave-one-out: every user, the paper's protocol)."""
+        histories, targets = [], []
+        for s, positions in zip(self.sequences, self.target_positions(split)):
+            if len(positions):
+                histories.append(s[:positions[0]])
+                targets.append(s[positions[0]])
+        return histories, np.array(targets, dtype=np.int64)
 
     def train_sequences(self) -> list[np.ndarray]:
-        return [s[:-2] for s in self.sequences]
+        """Per user, the events training may use (time split: empty for users outside the training k-core)."""
+        if self.cuts is None:
+            return [s[:-2] for s in self.sequences]
+        return [s[:np.searchsorted(t, self.cuts.val_from, "left")] if keep else s[:0]
+                for s, t, keep in zip(self.sequences, self.times, self.train_users)]
+
+    def subset(self, users) -> "Dataset":
+        """The same dataset restricted to the users at positions `users` (data-parallel evaluation)."""
+        pick = lambda values: None if values is None else [values[u] for u in users]  # noqa: E731
+        return Dataset(self.name, self.source, pick(self.sequences), pick(self.user_ids), self.item_ids,
+                       self.item_meta, self.report, self.catalogue, self.file_item_ids, pick(self.times),
+                       self.cuts, None if self.train_users is None else self.train_users[users])
 
     def stats(self) -> dict:
         n = sum(len(s) for s in self.sequences)
@@ -123,7 +160,7 @@ def training_arrays(dataset: Dataset, max_len: int, stride: int = 0) -> tuple[np
 
 def target_usage(dataset: Dataset, max_len: int, stride: int = 0) -> dict:
     """How many training targets an epoch uses with this max_len/stride: {"targets", "used", "rows", "fraction"}."""
-    lengths = [max(0, len(s) - 2) for s in dataset.sequences]
+    lengths = [len(s) for s in dataset.train_sequences()]
     total = sum(lengths)
     windows = [training_windows(n, max_len, stride) for n in lengths]
     used = sum(new_to - new_from for w in windows for _, new_from, new_to in w)
@@ -136,17 +173,23 @@ def target_usage(dataset: Dataset, max_len: int, stride: int = 0) -> dict:
 
 
 def load_dataset(path: str | Path, min_count: int = 5, items: str | Path | None = None,
-                 strict: bool = False) -> Dataset:
+                 strict: bool = False, split: SplitSpec | None = None) -> Dataset:
     """Read a P5 Amazon folder, or a CSV/JSONL interactions file (k-core filtered). 'demo' = packaged set.
 
     items: a catalogue file (JSONL/CSV keyed by item, see catalogue.py) that replaces the items' metadata;
     its alignment with the data is counted in `report["catalogue"]` (strict: items without a row are an error).
+    split: leave-one-out (default) or a time split (needs timestamps: CSV/JSONL data with a timestamp on
+    every row).
     """
     path = _data_path(path)
+    split = split or SplitSpec()
     if path.is_dir():
+        if split.is_time:
+            raise FmrlError(f"{path}: a P5 folder has no timestamps; split = 'time' needs CSV/JSONL data with a "
+                            "timestamp on every row")
         dataset = read_p5_folder(path)
     else:
-        dataset = read_interactions(path, min_count=min_count)
+        dataset = read_interactions(path, min_count=min_count, split=split)
     return _with_catalogue(dataset, items, strict)
 
 
@@ -306,38 +349,96 @@ def read_interaction_rows(path: Path) -> list[Row]:
     return rows
 
 
-def read_interactions(path: Path, min_count: int = 5) -> Dataset:
+def read_interactions(path: Path, min_count: int = 5, split: SplitSpec | None = None) -> Dataset:
     """CSV/JSONL interactions (see read_interaction_rows), ordered and filtered.
 
     Rows are ordered by timestamp per user (file order breaks ties), then filtered to the k-core
     (every user and item with at least `min_count` interactions, repeated until stable). What the filter
     dropped and how many users' last events share a timestamp are recorded in `report`.
+    A time split filters only the events before val_from (the training data) and keeps every later event
+    of every user whose item survived that filter (see `_time_split`).
     """
     raw = read_interaction_rows(path)
     has_time = any(r[4] for r in raw)
+    if split is not None and split.is_time:
+        return _time_split(path, raw, min_count, split)
     rows, k_core = _k_core(raw, min_count)
     if not rows:
         raise FmrlError(f"{path}: no interactions left after {min_count}-core filtering")
-    rows.sort(key=lambda r: (r[0], r[2], r[3]))
     item_ids = sorted({r[1] for r in rows})
-    index = {item: i + 1 for i, item in enumerate(item_ids)}
-    users: dict[str, list[int]] = {}
-    times: dict[str, list[float]] = {}
-    for user, item, ts, _, _ in rows:
-        users.setdefault(user, []).append(index[item])
-        times.setdefault(user, []).append(ts)
-    user_ids = list(users)
-    sequences = [np.asarray(users[u], dtype=np.int64) for u in user_ids]
+    user_ids, sequences, times = _sequences(rows, {item: i + 1 for i, item in enumerate(item_ids)})
     if min(len(s) for s in sequences) < 3:
         raise FmrlError(f"{path}: some users have fewer than 3 interactions; use min_count >= 3")
-    report = {"raw": {"users": len({r[0] for r in raw}), "items": len({r[1] for r in raw}),
-                      "interactions": len(raw)},
-              "k_core": k_core,
-              "timestamps": _ties([times[u] for u in user_ids]) if has_time else None,
+    report = {"raw": _counts(raw), "k_core": k_core, "timestamps": _ties(times) if has_time else None,
               "metadata": {"items_with_metadata": 0, "source": None}}
     return Dataset(name=path.stem, source=str(path.resolve()), sequences=sequences, user_ids=user_ids,
                    item_ids=item_ids, item_meta=[{} for _ in item_ids], report=report,
-                   file_item_ids=sorted({r[1] for r in raw}))
+                   file_item_ids=sorted({r[1] for r in raw}), times=times if has_time else None)
+
+
+def _counts(rows: list[Row]) -> dict:
+    return {"users": len({r[0] for r in rows}), "items": len({r[1] for r in rows}), "interactions": len(rows)}
+
+
+def _sequences(rows: list[Row], index: dict[str, int]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """(user ids sorted, item index sequences, timestamp sequences) of the rows whose item is in `index`,
+    each user's events ordered by (timestamp, file order)."""
+    users: dict[str, list[int]] = {}
+    times: dict[str, list[float]] = {}
+    for user, item, ts, _, _ in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
+        i = index.get(item)
+        if i is not None:
+            users.setdefault(user, []).append(i)
+            times.setdefault(user, []).append(ts)
+    user_ids = list(users)
+    return (user_ids, [np.asarray(users[u], dtype=np.int64) for u in user_ids],
+            [np.asarray(times[u], dtype=np.float64) for u in user_ids])
+
+
+def _time_split(path: Path, raw: list[Row], min_count: int, spec: SplitSpec) -> Dataset:
+    """A time split (split.py): the k-core of the events before val_from is the training data and names
+    the known items; the dataset holds every user of the file with all their events of known items (the
+    context and targets of validation and test). Events after val_from naming other items (new items) are
+    left out and counted in the report, as are the users and events on each side of the cuts."""
+    missing = next((r for r in raw if not r[4]), None)
+    if missing is not None:
+        raise FmrlError(f"{path}: split = 'time' needs a timestamp on every row; data row {missing[3] + 1} has none")
+    cuts = resolve_cuts(spec, np.array([r[2] for r in raw]), str(path))
+    before = [r for r in raw if r[2] < cuts.val_from]
+    rows, k_core = _k_core(before, min_count)
+    if not rows:
+        raise FmrlError(f"{path}: no training events left after {min_count}-core filtering of the events before "
+                        f"val_from ({cuts.to_dict()['val_from_iso']})")
+    item_ids = sorted({r[1] for r in rows})
+    known_items = {item: i + 1 for i, item in enumerate(item_ids)}
+    user_ids, sequences, times = _sequences(raw, known_items)
+    trained = {r[0] for r in rows}
+    train_users = np.array([u in trained for u in user_ids], dtype=bool)
+    report = {"raw": _counts(raw), "k_core": k_core, "timestamps": _ties(times),
+              "metadata": {"items_with_metadata": 0, "source": None},
+              "split": _time_split_report(raw, cuts, trained, known_items, len(rows))}
+    return Dataset(name=path.stem, source=str(path.resolve()), sequences=sequences, user_ids=user_ids,
+                   item_ids=item_ids, item_meta=[{} for _ in item_ids], report=report,
+                   file_item_ids=sorted({r[1] for r in raw}), times=times, cuts=cuts, train_users=train_users)
+
+
+def _time_split_report(raw: list[Row], cuts: TimeCuts, trained: set, known_items: dict, train_events: int) -> dict:
+    """Events, users and items on each side of the cuts; new users (no event before val_from) and events
+    naming new items (not in the training k-core) in each window."""
+    seen_before = {r[0] for r in raw if r[2] < cuts.val_from}
+    windows = {"val": (cuts.val_from, cuts.test_from), "test": (cuts.test_from, np.inf)}
+    out = {**cuts.to_dict(),
+           "train": {"events_before_val_from": len(raw) - sum(r[2] >= cuts.val_from for r in raw),
+                     "events_trained": train_events, "users_trained": len(trained), "items": len(known_items)}}
+    for name, (lo, hi) in windows.items():
+        rows = [r for r in raw if lo <= r[2] < hi]
+        users = {r[0] for r in rows}
+        out[name] = {"events": len(rows), "users": len(users), "items": len({r[1] for r in rows}),
+                     "new_users": len(users - seen_before),
+                     "events_of_new_users": sum(r[0] not in seen_before for r in rows),
+                     "events_of_new_items": sum(r[1] not in known_items for r in rows),
+                     "users_without_training_events": len(users - trained)}
+    return out
 
 
 def _interaction(path: Path, lineno: int, rec: dict, order: int) -> Row:
@@ -377,12 +478,12 @@ def _k_core(rows: list[Row], k: int) -> tuple[list[Row], dict]:
         "users_cascade": raw_users - users_left - direct_users, "items_cascade": raw_items - items_left - direct_items}
 
 
-def _ties(times: list[list[float]]) -> dict:
+def _ties(times: list) -> dict:
     """Users whose test (last) or validation (second to last) event shares its timestamp with the event
     before it: file order then decides which item is the target."""
-    test = sum(len(t) >= 2 and t[-1] == t[-2] for t in times)
-    val = sum(len(t) >= 3 and t[-2] == t[-3] for t in times)
-    any_tie = sum(len(set(t)) < len(t) for t in times)
+    test = sum(len(t) >= 2 and bool(t[-1] == t[-2]) for t in times)
+    val = sum(len(t) >= 3 and bool(t[-2] == t[-3]) for t in times)
+    any_tie = sum(len(np.unique(t)) < len(t) for t in times)
     return {"users": len(times), "test_target_tied": test, "val_target_tied": val, "users_with_any_tie": any_tie}
 
 

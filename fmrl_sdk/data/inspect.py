@@ -9,17 +9,18 @@ from __future__ import annotations
 import numpy as np
 
 from .dataset import data_report, load_dataset, target_usage
+from .split import SplitSpec
 
 
 def inspect_data(path: str, items: str | None = None, min_count: int = 5, max_len: int = 50, stride: int = 0,
-                 examples: int = 3) -> dict:
+                 examples: int = 3, split: SplitSpec | None = None) -> dict:
     """The full data report as a dict (what `data inspect --json` prints)."""
     from .text import item_texts
 
-    dataset = load_dataset(path, min_count=min_count, items=items)
+    dataset = load_dataset(path, min_count=min_count, items=items, split=split)
     report = data_report(dataset, max_len, stride)
     lengths = np.array([len(s) for s in dataset.sequences])
-    longer = int((lengths - 2 > max_len).sum())  # users with more training targets than max_len
+    longer = int((np.array([len(s) for s in dataset.train_sequences()]) > max_len).sum())  # more targets than max_len
     report["history_lengths"] = {"min": int(lengths.min()), "median": float(np.median(lengths)),
                                  "max": int(lengths.max()), "users_longer_than_max_len": longer}
     if stride == 0 and longer:
@@ -63,6 +64,21 @@ def report_rows(r: dict) -> list[tuple[str, str]]:
                  ("users with any tie", _share(ties["users_with_any_tie"], n))]
     else:
         rows.append(("timestamps", "none: events are in file order"))
+    cut = r.get("split")
+    if cut:
+        tr = cut["train"]
+        rows += [("split", f"time: training before {cut['val_from_iso']}, validation from it, test from "
+                           f"{cut['test_from_iso']}"),
+                 ("  training", f"{tr['events_before_val_from']:,} events before val_from; its {r['k_core']['min_count']}"
+                                f"-core: {tr['events_trained']:,} events of {tr['users_trained']:,} users, "
+                                f"{tr['items']:,} items (the known items)")]
+        for name in ("val", "test"):
+            w = cut[name]
+            rows.append((f"  {'validation' if name == 'val' else 'test'} window",
+                         f"{w['events']:,} events, {w['users']:,} users, {w['items']:,} items; new users "
+                         f"{_share(w['new_users'], w['users'])} with {_share(w['events_of_new_users'], w['events'])} "
+                         f"events; events of new items {_share(w['events_of_new_items'], w['events'])} "
+                         "(not scored: the model cannot know them)"))
     h, t = r["history_lengths"], r["training_targets"]
     rows.append(("history length", f"min {h['min']}, median {h['median']:g}, max {h['max']}; "
                                    f"{h['users_longer_than_max_len']:,} users have more training targets than max_len"))

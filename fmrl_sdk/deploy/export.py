@@ -394,6 +394,8 @@ def manifest_for(run, profile, size, precision, step, program: Program, verifica
         "method": "forward",
         "run": {"name": run.path.resolve().name, "checkpoint_sha256": sha256_file(run.path / "model.safetensors")},
         "metrics": {split: vals for split, vals in _metrics_at(run, size).items() if vals},
+        # the run's split: simulate scores events after its cut as out-of-sample (runs before splits: LOO)
+        "split": (run.config.get("data") or {}).get("split") or {"kind": "leave-one-out"},
         "verification": {**{k: verification[k] for k in ("sequences", "max_abs_diff", "topk_equal")},
                          "against": "eager" if precision == "fp32" else "quantised eager graph",
                          "top10_overlap": round(verification["top10_overlap"], 4)},

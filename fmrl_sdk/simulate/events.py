@@ -14,6 +14,7 @@ counted by kind with its line number, when it is:
     wrong_type      user/item not a string or integer, ts not a finite number, event not a string
     unknown_item    item not in the bundle
     ts_backwards    ts smaller than the same user's previous valid event
+    missing_ts      no ts while a time cut is in force (simulate cannot place the event before or after it)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import math
 
 BAD_KINDS = ("invalid_json", "duplicate_key", "not_object", "missing_field", "wrong_type", "unknown_item",
-             "ts_backwards")
+             "ts_backwards", "missing_ts")
 BOM = b"\xef\xbb\xbf"
 MAX_WHAT_CHARS = 200   # a bad line's description (report samples, --strict errors) is cut to this length
 

@@ -3,7 +3,12 @@
 For every valid event of user u: recommend k items from u's current state (cold start for a new
 user), score that recommendation against the event's item (online HitRate@k / NDCG@k), then observe
 the item. `online_last_event` keeps only each user's last valid event: on a stream made with
-`make-stream --split test` that is exactly the offline leave-one-out test protocol.
+`make-stream --split test` that is exactly the offline leave-one-out test protocol. scoring.py splits
+the figures by the bundle's cut (in-sample / out-of-sample, known / new users and items, windows,
+popularity baselines); the report's `headline` is the out-of-sample figure whenever a cut is known.
+
+New items: with `new_items` ({id: vector}, from `--items` and the run), an event naming an item the
+bundle lacks first adds it through `Recommender.add_items` (what an app does), then is scored as usual.
 
 Snapshots (--state-dir): every N events the replay writes `snapshot.bin` atomically (temporary file,
 fsync, rename): the stream position (byte offset, line number, sha256 of the bytes read so far), every
@@ -36,10 +41,11 @@ import numpy as np
 from ..errors import FmrlError
 from ..fileio import atomic_write_bytes
 from .events import BAD_KINDS, BadLine, parse_line
+from .scoring import Cut, Scoring, Window
 
 SNAPSHOT = "snapshot.bin"
 SNAPSHOT_MAGIC = b"FMRLSNAP"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2   # 2: the time-aware scoring state (scoring.py) and per-user flags
 MAX_BAD_SAMPLES = 100
 TIMING_KEYS = ("latency_us", "events_per_s", "peak_rss_bytes", "seconds")
 
@@ -51,6 +57,8 @@ class Options:
     strict: bool = False
     snapshot_every: int = 10000
     limit: int = 0                 # stop after this many replayed events (0: the whole stream)
+    cut: Cut = Cut("unknown", "manifest")   # where out-of-sample starts (scoring.cut_for)
+    window: Window | None = None   # report windows after a time cut
 
 
 @dataclass
@@ -74,6 +82,9 @@ class UserSlot:
     last_ts: int | float | None = None
     last_hit: float = 0.0          # 1.0 when the last event's item was in the top k
     last_ndcg: float = 0.0         # NDCG@k of the last event
+    trained: bool = False          # time cut: the user had an event in the training period (a known user)
+    last_pop_hit: float = 0.0      # leave-one-out: the popularity baseline on the last event
+    last_pop_ndcg: float = 0.0
 
 
 class Replay:
@@ -81,7 +92,7 @@ class Replay:
     runtime (`Recommender.resolve`) and reported as bad lines."""
 
     def __init__(self, rec, stream: str | Path, options: Options, out: str | Path | None = None,
-                 state_dir: str | Path | None = None):
+                 state_dir: str | Path | None = None, new_items: dict | None = None):
         self.rec, self.stream, self.opt = rec, Path(stream), options
         if not self.stream.is_file():
             raise FmrlError(f"{self.stream}: stream not found")
@@ -98,11 +109,17 @@ class Replay:
         self.seconds = 0.0
         self._prefix = hashlib.sha256() if self.state_dir else None
         self._out_bytes = 0
+        self.scoring = Scoring(options.cut, options.k, rec.num_items, options.window)
+        self.new_items = new_items or {}
+        self.added: list[str] = []     # ids this replay added, in order
+
 
     # -- snapshots -----------------------------------------------------------------------------
     def _options_key(self) -> dict:
         return {"k": self.opt.k, "exclude_seen": self.opt.exclude_seen, "strict": self.opt.strict,
-                "bloom": [self.rec.bloom_bits, self.rec.bloom_hashes]}
+                "bloom": [self.rec.bloom_bits, self.rec.bloom_hashes], "cut": self.opt.cut.to_dict(),
+                "window": None if self.opt.window is None else self.opt.window.text,
+                "new_items": sorted(self.new_items)}
 
     def snapshot(self, complete: bool = False) -> None:
         if self.state_dir is None:
@@ -120,9 +137,11 @@ class Replay:
             "out": {"path": str(self.out.resolve()) if self.out else None, "bytes": self._out_bytes},
             "counters": {"events": c.events, "hits": c.hits, "ndcg": c.ndcg, "bad": c.bad,
                          "bad_samples": c.bad_samples},
+            "scoring": self.scoring.state(),
+            "added_items": self.added,
             "state_bytes": self.rec.state_bytes,
-            "users": [[key, slot.last_ts, slot.last_hit, slot.last_ndcg]
-                      for key, slot in ((k, self.users[k]) for k in keys)],
+            "users": [[key, slot.last_ts, slot.last_hit, slot.last_ndcg, slot.trained, slot.last_pop_hit,
+                       slot.last_pop_ndcg] for key, slot in ((k, self.users[k]) for k in keys)],
         }
         head = json.dumps(header, separators=(",", ":")).encode()
         parts = [SNAPSHOT_MAGIC, struct.pack("<IQ", SNAPSHOT_VERSION, len(head)), head]
@@ -181,6 +200,11 @@ class Replay:
                           hits=counters["hits"], ndcg=counters["ndcg"],
                           bad={**{kind: 0 for kind in BAD_KINDS}, **counters["bad"]},
                           bad_samples=counters["bad_samples"])
+        self.scoring.restore(header["scoring"])
+        added = header["added_items"]
+        if added:   # the items the replay had added, in order, so indices and session states line up
+            self.rec.add_items(added, np.stack([self.new_items[i] for i in added]))
+            self.added = list(added)
         state_bytes = header["state_bytes"]
         if state_bytes != self.rec.state_bytes:
             raise FmrlError(f"{path}: state size {state_bytes} differs from the bundle's {self.rec.state_bytes}")
@@ -189,10 +213,10 @@ class Replay:
         if len(body) != offset + len(users) * state_bytes:
             raise FmrlError(f"{path}: snapshot is truncated")
         restore = self.rec.restore
-        for key, last_ts, last_hit, last_ndcg in users:
+        for key, *fields in users:
             session = restore(body[offset:offset + state_bytes])
             offset += state_bytes
-            self.users[key] = UserSlot(session, last_ts, last_hit, last_ndcg)
+            self.users[key] = UserSlot(session, *fields)
         return True
 
     # -- the replay ----------------------------------------------------------------------------
@@ -251,6 +275,9 @@ class Replay:
         events, hits, ndcg = c.events, c.hits, c.ndcg
         task = progress.add_task("simulate", total=self.stream.stat().st_size, completed=offset,
                                  info="") if progress else None
+        scoring, timed = self.scoring, opt.cut.kind == "time"
+        test_from = opt.cut.test_from
+        new_items, added, num_items = self.new_items, self.added, rec.num_items
         with open(self.stream, "rb") as f:
             f.seek(offset)
             for raw in f:
@@ -265,9 +292,20 @@ class Replay:
                     if parsed is None:  # blank line
                         continue
                     user, item, ts, obj = parsed
+                    if timed and ts is None:
+                        raise BadLine("missing_ts", "no 'ts': a time cut needs every event's timestamp")
                     index = resolve(item)
                     if index is None:
-                        raise BadLine("unknown_item", f"unknown item {item!r}")
+                        vector = new_items.get(item)
+                        if vector is None:
+                            if timed and ts >= test_from:
+                                scoring.new_items["skipped"] += 1
+                            raise BadLine("unknown_item", f"unknown item {item!r}")
+                        rec.add_items([item], vector[None])   # as an app adds an item it meets
+                        added.append(item)
+                        scoring.new_items["added"] += 1
+                        index = resolve(item)
+                        item_ids = rec.item_ids
                     slot = users.get(user)
                     if ts is not None and slot is not None:
                         last = slot.last_ts
@@ -287,8 +325,8 @@ class Replay:
                 t0 = perf()
                 top, scores = session.top(k, exclude)
                 ranked = top.tolist()
-                if index in ranked:
-                    rank = ranked.index(index)
+                rank = ranked.index(index) if index in ranked else None
+                if rank is not None:
                     hits += 1
                     g = gain[rank]
                     ndcg += g
@@ -298,6 +336,13 @@ class Replay:
                 session.observe_index(index)
                 lat_append(perf() - t0)
                 events += 1
+                if timed:
+                    scoring.timed_event(ts, index, rank, slot.trained)
+                    if ts < scoring.cut.train_end:
+                        slot.trained = True
+                else:
+                    slot.last_pop_hit, slot.last_pop_ndcg = scoring.popularity_before(index)
+                    scoring.count(index)
                 if out_file is not None:
                     line = json.dumps({"line": lineno, "user": obj["user"], "item": obj["item"],
                                        "hit": slot.last_hit > 0, "recs": [item_ids[i - 1] for i in ranked],
@@ -322,6 +367,11 @@ class Replay:
         last_hit = sum(s.last_hit for s in slots)
         last_ndcg = sum(s.last_ndcg for s in slots)
         n_users = len(slots)
+        online = {f"HitRate@{k}": c.hits / c.events if c.events else 0.0,
+                  f"NDCG@{k}": c.ndcg / c.events if c.events else 0.0}
+        last_event = {f"HitRate@{k}": last_hit / n_users if n_users else 0.0,
+                      f"NDCG@{k}": last_ndcg / n_users if n_users else 0.0}
+        last_pop = (sum(s.last_pop_hit for s in slots), sum(s.last_pop_ndcg for s in slots))
         return {
             "stream": str(self.stream),
             "bundle": str(self.rec.bundle.path),
@@ -337,10 +387,9 @@ class Replay:
             "latency_us": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
                            "p99": float(np.percentile(lat, 99)), "max": float(lat.max())},
             "events_per_s": (len(self.latencies) / self.seconds) if self.seconds > 0 else 0.0,
-            "online": {f"HitRate@{k}": c.hits / c.events if c.events else 0.0,
-                       f"NDCG@{k}": c.ndcg / c.events if c.events else 0.0},
-            "online_last_event": {f"HitRate@{k}": last_hit / n_users if n_users else 0.0,
-                                  f"NDCG@{k}": last_ndcg / n_users if n_users else 0.0},
+            **self.scoring.report(online, last_event, n_users, last_pop),
+            "online": online,
+            "online_last_event": last_event,
             "users": n_users,
             "state_bytes_per_user": self.rec.state_bytes,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

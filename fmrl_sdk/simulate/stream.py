@@ -1,10 +1,14 @@
-"""make-stream: turn a dataset's sequences into an events.jsonl stream.
+"""make-stream: turn a dataset into an events.jsonl stream.
 
-Each user contributes their sequence up to the split (test: the whole sequence, ending with the test
-target; val: up to the validation target; train: the training part). Users are interleaved by a
-seeded random merge: the event order is a uniformly random interleaving in which every user's
-events keep their order (the owner of each slot is a shuffled multiset of user ids). Timestamps are
-synthetic and strictly increasing (start + 60 s per event).
+Data with timestamps (CSV/JSONL) keeps its real timestamps and real order: events sorted by timestamp,
+ties in file order (so each user's events are in the same order as in training and evaluation).
+- time split: every row of the file, new users and events of items the run never saw included, as
+  an app would meet them; `--split val` stops before test_from, `--split train` before val_from.
+- leave-one-out: the rows the dataset kept (its k-core); `--split val` drops each user's last event,
+  `--split train` the last two.
+Data without timestamps (P5 folders) has no real order: each user's sequence up to the split is
+interleaved with the others' by a seeded random merge (the owner of each slot is a shuffled multiset of
+user ids) and given synthetic, strictly increasing timestamps (start + 60 s per event).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.dataset import Dataset, read_interaction_rows
 from ..errors import FmrlError
 from ..fileio import atomic_open
 
@@ -38,7 +43,8 @@ def interleave(lengths: list[int], seed: int) -> np.ndarray:
 
 def write_stream(out: str | Path, user_ids: list[str], item_ids: list[str], sequences, split: str = "test",
                  seed: int = 0) -> dict:
-    """Write the stream atomically; returns {"users", "events", "split", "seed"}."""
+    """Synthetic order (data without timestamps): write the stream atomically; returns
+    {"users", "events", "split", "seed", "order": "synthetic"}."""
     out = Path(out)
     seqs = split_sequences(sequences, split)
     owners = interleave([len(s) for s in seqs], seed)
@@ -49,4 +55,43 @@ def write_stream(out: str | Path, user_ids: list[str], item_ids: list[str], sequ
             cursor[owner] += 1
             f.write(json.dumps({"user": user_ids[owner], "item": item_ids[item - 1],
                                 "ts": START_TS + STEP_S * position}) + "\n")
-    return {"users": int(sum(1 for s in seqs if len(s))), "events": int(len(owners)), "split": split, "seed": seed}
+    return {"users": int(sum(1 for s in seqs if len(s))), "events": int(len(owners)), "split": split, "seed": seed,
+            "order": "synthetic"}
+
+
+def timed_events(dataset: Dataset, split: str = "test") -> list[tuple]:
+    """Real order (data with timestamps): (user, item, ts) of the file's rows in the stream (see the
+    module docstring), sorted by timestamp with file order breaking ties."""
+    if split not in SPLIT_CUT:
+        raise FmrlError(f"--split {split!r}: expected test, val or train")
+    rows = sorted(read_interaction_rows(Path(dataset.source)), key=lambda r: (r[2], r[3]))
+    if dataset.cuts is not None:
+        end = {"test": np.inf, "val": dataset.cuts.test_from, "train": dataset.cuts.val_from}[split]
+        return [(u, i, ts) for u, i, ts, _, _ in rows if ts < end]
+    users, items = set(dataset.user_ids), set(dataset.item_ids)
+    kept = [r for r in rows if r[0] in users and r[1] in items]   # the k-core's rows
+    drop = SPLIT_CUT[split]
+    remaining = {}
+    for r in kept:
+        remaining[r[0]] = remaining.get(r[0], 0) + 1
+    events = []
+    for u, i, ts, _, _ in kept:
+        remaining[u] -= 1
+        if remaining[u] >= drop:   # not among the user's last `drop` events
+            events.append((u, i, ts))
+    return events
+
+
+def write_timed_stream(out: str | Path, events: list[tuple], split: str) -> dict:
+    """Write (user, item, ts) events atomically with their real timestamps (whole seconds as integers)."""
+    with atomic_open(Path(out), "w", encoding="utf-8") as f:
+        for user, item, ts in events:
+            f.write(json.dumps({"user": user, "item": item, "ts": int(ts) if float(ts).is_integer() else ts}) + "\n")
+    return {"users": len({e[0] for e in events}), "events": len(events), "split": split, "order": "real"}
+
+
+def make_stream(out: str | Path, dataset: Dataset, split: str = "test", seed: int = 0) -> dict:
+    """The stream of `dataset` (real order when it has timestamps, else synthetic), written atomically."""
+    if dataset.times is not None:
+        return write_timed_stream(out, timed_events(dataset, split), split)
+    return write_stream(out, dataset.user_ids, dataset.item_ids, dataset.sequences, split, seed)

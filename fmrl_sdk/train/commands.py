@@ -21,6 +21,9 @@ def register(app: typer.Typer) -> None:
         features: Optional[str] = typer.Option(None, help="Features folder from `fmrl-sdk featurize` (overrides)."),
         items: Optional[str] = typer.Option(None, help="Item catalogue (JSONL/CSV keyed by item) for the data report (overrides \\[data] items)."),
         stride: Optional[int] = typer.Option(None, help="Override \\[data] stride: train every window of long histories, this many targets apart (0 = last max_len only)."),
+        split: Optional[str] = typer.Option(None, help="Override \\[data] split: leave-one-out or time."),
+        test_from: Optional[str] = typer.Option(None, help="Override \\[data] test_from (time split): unix timestamp, ISO date or fraction of events (0.8)."),
+        val_from: Optional[str] = typer.Option(None, help="Override \\[data] val_from (time split; default: as many events before test_from as after)."),
         out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<recipe>-<time>)."),
         epochs: Optional[int] = typer.Option(None, help="Override \\[train] epochs."),
         sizes: Optional[str] = typer.Option(None, help="Override \\[model] sizes, e.g. 8,16,32,64."),
@@ -28,6 +31,7 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, help="Override \\[train] seed."),
         loss: Optional[str] = typer.Option(None, help="Override \\[train] loss: full|chunked|sampled."),
         resume: Optional[Path] = typer.Option(None, help="Continue this run directory from its last completed epoch (its own recipe)."),
+        init_from: Optional[Path] = typer.Option(None, "--init-from", help="Warm start: begin from this run's weights, items matched by id (overrides \\[train] init_from); optimizer and schedule start fresh."),
         nproc: int = typer.Option(1, help="Data-parallel processes on this machine (launches torchrun)."),
         device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: one GPU per process)."),
     ):
@@ -41,8 +45,9 @@ def register(app: typer.Typer) -> None:
         from .trainer import prepare, train as run_training
 
         overrides = {"recipe": recipe, "data": data, "features": features, "items": items, "stride": stride,
-                     "out": out, "epochs": epochs,
-                     "sizes": sizes, "item-embedding": item_embedding, "seed": seed, "loss": loss}
+                     "split": split, "test-from": test_from, "val-from": val_from, "out": out, "epochs": epochs,
+                     "sizes": sizes, "item-embedding": item_embedding, "seed": seed, "loss": loss,
+                     "init-from": str(init_from.expanduser().resolve()) if init_from is not None else None}
         if nproc < 1:
             raise FmrlError(f"--nproc {nproc}: expected at least 1")
         distributed.check_device(device, nproc)
@@ -65,10 +70,12 @@ def register(app: typer.Typer) -> None:
             rec.override("data", "features", str(Path(features).resolve()) if features else None)
             rec.override("data", "items", str(Path(items).resolve()) if items else None)
             rec.override("data", "stride", stride)
+            rec.override_split(split, test_from, val_from)
             rec.override("train", "epochs", epochs)
             rec.override("train", "seed", seed)
             rec.override("train", "loss", loss)
             rec.override("model", "item_embedding", item_embedding)
+            rec.override("train", "init_from", overrides["init-from"])
             if sizes:
                 try:
                     rec.override("model", "sizes", [int(s) for s in sizes.split(",")])

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from ..data.dataset import Dataset
 from ..errors import FmrlError
-from .evaluate import evaluate, metric_names, trim_left_padding
+from .evaluate import evaluate, evaluation_sums, metric_names, trim_left_padding
 
 
 @dataclass
@@ -192,15 +192,15 @@ class HostView:
 
 def evaluate_on(model, dataset: Dataset, split: str, max_len: int, batch_size: int, d: Dist,
                 progress=None) -> dict[int, dict[str, float]]:
-    """`evaluate` with users split across ranks (exact per-user means, identical on every rank)."""
+    """`evaluate` with users split across ranks (exact means over all targets, identical on every rank)."""
     viewed = HostView(model) if d.cuda else model
     if d.world == 1:
         return evaluate(viewed, dataset, split, max_len, batch_size, progress=progress)
     users = np.array_split(np.arange(dataset.num_users), d.world)[d.rank]
-    shard = Dataset(dataset.name, dataset.source, [dataset.sequences[u] for u in users],
-                    [dataset.user_ids[u] for u in users], dataset.item_ids, dataset.item_meta)
-    local = evaluate(viewed, shard, split, max_len, batch_size, progress=progress) if len(users) else None
+    sums, count = evaluation_sums(viewed, dataset.subset(users), split, max_len, batch_size, progress=progress) \
+        if len(users) else (None, 0)
     sizes, names = list(model.cfg.sizes), metric_names()
-    flat = [local[s][n] * len(users) if local else 0.0 for s in sizes for n in names]
-    totals = iter(sum_across(flat, d))
-    return {s: {n: next(totals) / dataset.num_users for n in names} for s in sizes}
+    flat = [sums[s][n] if sums else 0.0 for s in sizes for n in names]
+    *totals, count = sum_across(flat + [float(count)], d)
+    totals = iter(totals)
+    return {s: {n: next(totals) / max(1.0, count) for n in names} for s in sizes}

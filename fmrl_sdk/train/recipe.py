@@ -11,7 +11,10 @@ from pathlib import Path
 
 from ..errors import FmrlError
 from ..fileio import package_data_dir, read_toml
+from ..data.split import SplitSpec
 from ..model.model import DEFAULT_SIZES, ITEM_EMBEDDINGS
+
+CUT_KEYS = ("test_from", "val_from")  # a number or a string (see data/split.py)
 
 
 @dataclass
@@ -22,6 +25,12 @@ class DataSection:
     min_count: int = 5               # k-core for CSV/JSONL interaction files
     items: str = ""                  # item catalogue (JSONL/CSV keyed by item) for the data report ("" = none)
     stride: int = 0                  # 0: train each user's last max_len targets; S: every window, S apart
+    split: str = "leave-one-out"     # leave-one-out | time (data/split.py)
+    test_from: str | float = ""      # time: unix timestamp, ISO date or fraction of events (0.8)
+    val_from: str | float = ""       # time: as test_from; "" = as many events before test_from as after it
+
+    def split_spec(self) -> SplitSpec:
+        return SplitSpec(self.split, self.test_from, self.val_from)
 
 
 @dataclass
@@ -58,6 +67,7 @@ class TrainSection:
     negative_sampler: str = "popularity"  # sampled: proposal Q, uniform | popularity (training count + 1)
     eval_batch_size: int = 256
     threads: int = 0                 # torch threads per process (0 = cores / processes on this node)
+    init_from: str = ""              # warm start: a run directory whose weights the run starts from ("" = none)
 
 
 @dataclass
@@ -88,6 +98,19 @@ class Recipe:
             setattr(getattr(self, section), key, value)
             self.validate()
 
+    def override_split(self, kind: str | None, test_from: str | None, val_from: str | None) -> None:
+        """--split / --test-from / --val-from together (one alone may not be valid); a cut implies 'time'."""
+        given = {"split": kind, "test_from": test_from, "val_from": val_from}
+        if any(v is not None for v in given.values()):
+            if kind is None:
+                given["split"] = "time" if (test_from or val_from) else self.data.split
+            for key, value in given.items():
+                if value is not None:
+                    setattr(self.data, key, value)
+            if self.data.split == "leave-one-out":
+                self.data.test_from = self.data.val_from = ""
+            self.validate()
+
     def validate(self) -> None:
         src, m, t, d = self.source, self.model, self.train, self.data
         sizes = m.sizes
@@ -109,6 +132,8 @@ class Recipe:
             raise FmrlError(f"{src}: [train] select_on must be 'mean' or 'largest', got {t.select_on!r}")
         if t.negative_sampler not in ("uniform", "popularity"):
             raise FmrlError(f"{src}: [train] negative_sampler must be 'uniform' or 'popularity'")
+        if t.init_from and not t.init_from.strip():
+            raise FmrlError(f"{src}: [train] init_from must be a run directory, or \"\" for none")
         checks = [(d.max_len >= 1, "[data] max_len >= 1"), (d.min_count >= 1, "[data] min_count >= 1"),
                   (0 <= d.stride <= d.max_len, "[data] 0 <= stride <= max_len"),
                   (m.num_blocks >= 1, "[model] num_blocks >= 1"),
@@ -123,6 +148,7 @@ class Recipe:
         for ok, what in checks:
             if not ok:
                 raise FmrlError(f"{src}: invalid value, need {what}")
+        d.split_spec().check(f"{src} [data]")
 
 
 def _section(section_cls, raw, where: str):
@@ -133,9 +159,15 @@ def _section(section_cls, raw, where: str):
         if key not in fields:
             raise FmrlError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
         default = getattr(section_cls(), key)
+        if key in CUT_KEYS:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise FmrlError(f"{where}: {key} = {value!r} should be a unix timestamp, an ISO date string "
+                                "or a fraction of events")
+            continue
         if not _type_ok(default, value):
             raise FmrlError(f"{where}: {key} = {value!r} should be {type(default).__name__}")
-    values = {k: (float(v) if isinstance(getattr(section_cls(), k), float) else v) for k, v in raw.items()}
+    values = {k: (float(v) if isinstance(getattr(section_cls(), k), float) and k not in CUT_KEYS else v)
+              for k, v in raw.items()}
     return section_cls(**values)
 
 
@@ -175,8 +207,8 @@ def find_recipe(name_or_path: str) -> tuple[Path, Path]:
 
 
 def load_recipe(path: str | Path, base: str | Path | None = None) -> Recipe:
-    """Read and validate a recipe; relative data/features/items paths start from `base` (default: the
-    file's folder)."""
+    """Read and validate a recipe; relative data/features/items and [train] init_from paths start from
+    `base` (default: the file's folder)."""
     path = Path(path)
     base = Path(base) if base is not None else path.parent
     recipe = Recipe.from_dict(read_toml(path, "recipe"), source=str(path))
@@ -184,4 +216,6 @@ def load_recipe(path: str | Path, base: str | Path | None = None) -> Recipe:
         value = getattr(recipe.data, key)
         if value and value != "demo" and not Path(value).is_absolute():
             setattr(recipe.data, key, str((base / value).resolve()))
+    if recipe.train.init_from and not Path(recipe.train.init_from).expanduser().is_absolute():
+        recipe.train.init_from = str((base / recipe.train.init_from).resolve())
     return recipe

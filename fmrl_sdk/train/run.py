@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..data.split import SplitSpec
 from ..errors import FmrlError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
 
@@ -44,6 +45,7 @@ class RunInfo:
     max_len: int                 # recipe data.max_len (history length the model saw)
     items: str | None            # recipe data.items: the item catalogue used with data_path (None: none)
     features: Path | None        # content features folder, resolved (None: the run uses none)
+    split: SplitSpec             # recipe data.split / test_from / val_from (as asked, resolved on loading)
     has_checkpoint: bool         # model.safetensors exists (at least one epoch finished)
     finished: bool | None        # training completed; False: interrupted (resumable); None: unknown
                                  # (no train_state.json: a run from before resumable training, or hand-made)
@@ -81,6 +83,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
     return RunInfo(run_dir, config, item_ids, str(data["path"]) if data.get("path") else None,
                    int(recipe_data.get("min_count", DEFAULT_MIN_COUNT)),
                    int(recipe_data.get("max_len", DEFAULT_MAX_LEN)), recipe_data.get("items") or None, features,
+                   SplitSpec(recipe_data.get("split", "leave-one-out"), recipe_data.get("test_from", ""),
+                             recipe_data.get("val_from", "")),
                    (run_dir / CHECKPOINT).exists(), finished)
 
 
@@ -97,7 +101,8 @@ def load_run_dataset(info: RunInfo, data: str | None = None, items: str | None =
     if path is None:
         raise FmrlError(f"{info.path / 'config.json'}: no data.path")
     catalogue = (items or info.items) if with_catalogue else None
-    dataset = load_dataset(path, min_count=info.min_count, **({"items": catalogue} if catalogue else {}))
+    dataset = load_dataset(path, min_count=info.min_count, split=info.split,
+                           **({"items": catalogue} if catalogue else {}))
     if dataset.item_ids != info.item_ids:
         raise FmrlError(f"{info.path}: the run's items differ from its dataset {dataset.source}")
     return dataset

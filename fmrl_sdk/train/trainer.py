@@ -26,7 +26,7 @@ from ..data.dataset import Dataset, data_report, load_dataset, training_arrays
 from ..errors import FmrlError
 from ..fileio import atomic_write_json
 from ..model.model import FMRLRec, ModelConfig, uses_content
-from . import checkpoint, distributed
+from . import checkpoint, distributed, warm_start
 from .distributed import Dist, evaluate_on
 from .loss import NegativeSampler, Objective
 from .recipe import Recipe, TrainSection
@@ -41,10 +41,12 @@ class Prepared:
     dataset: Dataset
     features: torch.Tensor | None
     model_config: ModelConfig
+    init_from: Path | None = None   # [train] init_from, checked (warm_start.check): OLD's absolute path
 
 
 def prepare(recipe: Recipe) -> Prepared:
-    dataset = load_dataset(recipe.data.path, min_count=recipe.data.min_count, items=recipe.data.items or None)
+    dataset = load_dataset(recipe.data.path, min_count=recipe.data.min_count, items=recipe.data.items or None,
+                           split=recipe.data.split_spec())
     m = recipe.model
     features = None
     if uses_content(m.item_embedding):
@@ -56,7 +58,17 @@ def prepare(recipe: Recipe) -> Prepared:
                       feature_dim=0 if features is None else features.shape[1], item_embedding=m.item_embedding,
                       whiten_features=m.whiten_features and uses_content(m.item_embedding), id_dims=m.id_dims,
                       num_blocks=m.num_blocks, dropout=m.dropout, lru_dropout=m.lru_dropout, r_min=m.r_min, r_max=m.r_max)
-    return Prepared(recipe, dataset, features, cfg)
+    init_from = warm_start.check(recipe.train.init_from, cfg) if recipe.train.init_from else None
+    return Prepared(recipe, dataset, features, cfg, init_from)
+
+
+def initial_model(prep: Prepared, device: torch.device | str = "cpu") -> tuple[FMRLRec, dict | None]:
+    """The model at step 0 and the warm-start record (None for a cold start): seeded fresh weights, then
+    OLD's where prep.init_from is set (warm_start.init_model: items matched by id)."""
+    torch.manual_seed(prep.recipe.train.seed)
+    model = FMRLRec(prep.model_config, prep.features)
+    init_from = warm_start.init_model(model, prep.dataset.item_ids, prep.init_from) if prep.init_from else None
+    return model.to(device), init_from
 
 
 def warmup_cosine(warmup: int, total: int):
@@ -141,9 +153,8 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     console = (console or Console()) if dist.main else Console(quiet=True)
     recipe, dataset, t = prep.recipe, prep.dataset, prep.recipe.train
     torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
-    torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
-    model = FMRLRec(prep.model_config, prep.features).to(dist.device)
+    model, init_from = initial_model(prep, dist.device)
     if dist.world > 1:
         torch.manual_seed(t.seed + dist.rank)  # same initial weights, own dropout masks and negatives
     inputs, targets = training_arrays(dataset, recipe.data.max_len, recipe.data.stride)
@@ -157,7 +168,7 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     s = {"epoch": 0, "best": -1.0, "best_epoch": 0, "waited": 0, "best_val": {}}  # what resume restores
     best_weights = None
     if dist.main and not resume:
-        _create_run_dir(run_dir, prep, model, dist)
+        _create_run_dir(run_dir, prep, model, dist, init_from)
     lock = checkpoint.lock(run_dir) if dist.main else None
     if dist.main and resume:
         checkpoint.remove_partial_writes(run_dir)  # writes a kill cut short
@@ -172,6 +183,8 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
         if dist.main:
             checkpoint.reconcile(run_dir, meta, model, best_weights)
         console.print(f"[bold]resuming[/] {run_dir} after epoch {s['epoch']} (best {s['best']:.4f} @ {s['best_epoch']})")
+    if init_from and not resume:
+        console.print(warm_start.describe(init_from))
     console.print(f"[bold]training[/] {dataset.name}: {dataset.stats()} | sizes {list(sizes)} | "
                   f"{model.num_params()['total']:,} parameters | loss {t.loss} | "
                   f"{dist.world} x {dist.device.type} | run {run_dir}")
@@ -244,7 +257,7 @@ def _copy(model: FMRLRec) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist) -> None:
+def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist, init_from: dict | None = None) -> None:
     recipe, dataset = prep.recipe, prep.dataset
     run_dir.mkdir(parents=True, exist_ok=False)
     atomic_write_json(run_dir / "items.json", dataset.item_ids)
@@ -253,7 +266,8 @@ def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist) -
         "recipe": recipe.to_dict(), "recipe_source": recipe.source, "model": prep.model_config.to_dict(),
         # "demo" stays a name: the packaged folder moves with every (re)install of the SDK
         "data": {"path": "demo" if recipe.data.path == "demo" else dataset.source, "name": dataset.name,
-                 **dataset.stats(),
+                 **dataset.stats(), "split": dataset.split_info(),
                  "report": data_report(dataset, recipe.data.max_len, recipe.data.stride)},
         "features": str(Path(recipe.data.features).resolve()) if prep.features is not None else None,
-        "params": model.num_params(), "launch": {"processes": dist.world, "device": dist.device.type}})
+        "params": model.num_params(), "launch": {"processes": dist.world, "device": dist.device.type},
+        **({"init_from": init_from} if init_from else {})})
