@@ -19,6 +19,10 @@ int main(int argc, char** argv) try {
     std::fprintf(stderr, "usage: %s BUNDLE_DIR USER_STATE_FILE ITEM_ID [ITEM_ID ...]\n", argv[0]);
     return 2;
   }
+  fmrl::check_version();  // the fmrl_runtime library this app loaded serves the header it was compiled with
+  fmrl_set_log_callback([](int level, const char* message, void*) {  // errors arrive as exceptions
+    if (level == FMRL_LOG_WARN) std::fprintf(stderr, "fmrl: %s\n", message);
+  }, nullptr);
   const fmrl::Recommender rec(argv[1]);
   std::ifstream saved_file(argv[2], std::ios::binary);
   const std::vector<uint8_t> saved((std::istreambuf_iterator<char>(saved_file)), std::istreambuf_iterator<char>());

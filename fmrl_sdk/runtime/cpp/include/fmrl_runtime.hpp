@@ -1,5 +1,6 @@
 // C++ convenience over the C ABI (header only): RAII handles, exceptions carrying fmrl_last_error().
 //
+//   fmrl::check_version();  // the loaded library can serve this header
 //   fmrl::Recommender rec("bundles/phone-lowmem");
 //   fmrl::Session alice = rec.restore_or_new(saved_bytes);
 //   alice.observe("B0030HKJ8I");
@@ -25,6 +26,13 @@ struct RuntimeError : std::runtime_error {
 
 inline void check(fmrl_status status) {
   if (status != FMRL_OK) throw RuntimeError(status, fmrl_last_error());
+}
+
+// Throws std::runtime_error unless FMRL_CHECK_VERSION() holds (same major version, library not older).
+inline void check_version() {
+  if (!FMRL_CHECK_VERSION())
+    throw std::runtime_error(std::string("fmrl_runtime ") + fmrl_version() +
+                             " cannot serve a caller compiled with fmrl_runtime.h " FMRL_VERSION_STRING);
 }
 
 class Session;

@@ -5,18 +5,23 @@
 #include <executorch/runtime/executor/memory_manager.h>
 #include <executorch/runtime/executor/method.h>
 #include <executorch/runtime/executor/program.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
 #include <executorch/runtime/platform/runtime.h>
 
 #include <cmath>
 
 #include "internal.hpp"
 
-// The wheel ships libexecutorch_threadpool but not its header; these two declarations are the part of
-// extension/threadpool/threadpool.h that sizing the pool needs (same as the Python pybindings do).
+// ExecuTorch has no public call that resizes its thread pool, and the wheel ships libexecutorch_threadpool
+// without extension/threadpool/threadpool.h. The declarations below are the part of that header which
+// resizing needs, as of the ExecuTorch versions the guard names: before widening it, compare them with
+// that version's threadpool.h.
+#if FMRL_EXECUTORCH_VERSION_MAJOR != 1 || FMRL_EXECUTORCH_VERSION_MINOR != 5
+#error "engine.cpp declares ExecuTorch 1.5's ThreadPool by hand: check them against this ExecuTorch's extension/threadpool/threadpool.h, then update the declarations and this guard"
+#endif
 namespace executorch::extension::threadpool {
 class ThreadPool {
  public:
-  size_t get_thread_count() const;
   bool _unsafe_reset_threadpool(uint32_t num_threads);
 };
 ThreadPool* get_threadpool();
@@ -61,12 +66,39 @@ struct Engine::Impl {
   std::mutex mutex;
 };
 
-void Engine::set_threads(int threads) {
-  if (threads < 1) throw Error(FMRL_ERR_ARGUMENT, "threads must be >= 1, got " + std::to_string(threads));
+namespace {
+std::mutex pool_mutex;
+int pool_shares = 0;  // open recommenders (each holds a PoolShare)
+}  // namespace
+
+int PoolShare::thread_count() {
   et::runtime_init();
-  auto* pool = executorch::extension::threadpool::get_threadpool();
-  if (pool && pool->get_thread_count() != static_cast<size_t>(threads))
-    pool->_unsafe_reset_threadpool(static_cast<uint32_t>(threads));
+  return static_cast<int>(executorch::extension::get_thread_count());
+}
+
+PoolShare::PoolShare(int threads) {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  const int now = threads > 0 ? thread_count() : 0;
+  if (threads > 0 && threads != now) {
+    // XNNPACK keeps the pool a program was loaded with: resizing frees it under every open recommender
+    if (pool_shares == 0) {
+      if (!executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(static_cast<uint32_t>(threads)))
+        throw Error(FMRL_ERR_PROGRAM, "ExecuTorch could not resize its thread pool to " + std::to_string(threads));
+      if (logging())
+        log_line(FMRL_LOG_INFO, "ExecuTorch thread pool resized from " + std::to_string(now) + " to " +
+                               std::to_string(threads) + " threads");
+    } else if (logging()) {
+      log_line(FMRL_LOG_WARN, "threads = " + std::to_string(threads) + " ignored: " + std::to_string(pool_shares) +
+                             " other recommender(s) open share ExecuTorch's process-wide pool, which keeps " +
+                             std::to_string(now) + " threads");
+    }
+  }
+  ++pool_shares;
+}
+
+PoolShare::~PoolShare() {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  --pool_shares;
 }
 
 Engine::Engine(std::shared_ptr<const Blob> program_bytes, const std::string& method_name, int32_t rows,
@@ -98,6 +130,14 @@ Engine::Engine(std::shared_ptr<const Blob> program_bytes, const std::string& met
     program_error("ExecuTorch could not load the program: method " + py_repr_str(method_name) + " failed with error " +
                   std::to_string(int(method.error())));
   m.method = std::make_unique<et::Method>(std::move(*method));
+  if (logging()) {
+    size_t planned_bytes = 0;
+    for (const auto& span : m.planned_spans) planned_bytes += span.size();
+    log_line(FMRL_LOG_INFO, "loaded the ExecuTorch program (" + std::to_string(m.program_bytes->size()) + " bytes): method " +
+                           py_repr_str(method_name) + ", " + std::to_string(m.planned_spans.size()) +
+                           " planned buffer(s) of " + std::to_string(planned_bytes) + " bytes, " +
+                           std::to_string(PoolShare::thread_count()) + " CPU thread(s)");
+  }
   if (m.method->inputs_size() != 2 || m.method->outputs_size() < 4)
     program_error("the program takes " + std::to_string(m.method->inputs_size()) + " inputs and returns " +
                   std::to_string(m.method->outputs_size()) + " outputs; expected (x, state) -> (scores, indices, "

@@ -25,6 +25,10 @@ struct Error : std::runtime_error {
   Error(fmrl_status s, const std::string& what) : std::runtime_error(what), status(s) {}
 };
 
+// The log hook (fmrl_set_log_callback); check logging() before building a message.
+bool logging();
+void log_line(fmrl_log_level level, const std::string& message);
+
 // A file's bytes, 64-byte aligned (ExecuTorch reads the program's constants in place).
 class Blob {
  public:
@@ -86,11 +90,22 @@ class Engine {
   // Outputs may alias the state input (copied in before the call); nothing is written when the program
   // returns an item index outside [1, num_items] (an error).
   void step(const float* x, const float* state, float* scores, int32_t* indices, float* new_state, float* hidden);
-  static void set_threads(int threads);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// An open recommender's share of ExecuTorch's process-wide thread pool (fmrl_open_options.threads). The
+// pool is resized to `threads` (> 0) only while no other share exists: XNNPACK keeps a pointer to the pool
+// a program was loaded with, which a resize frees. Otherwise the value is ignored with a warning.
+class PoolShare {
+ public:
+  explicit PoolShare(int threads);
+  ~PoolShare();
+  PoolShare(const PoolShare&) = delete;
+  PoolShare& operator=(const PoolShare&) = delete;
+  static int thread_count();  // the pool's threads now
 };
 
 // Immutable snapshot of the catalogue: the bundle's items, then items added after export.
@@ -109,6 +124,7 @@ void bloom_positions(std::string_view id, uint32_t bits, uint32_t hashes, uint32
 // The recommender behind the C handle.
 struct fmrl_recommender {
   fmrl::Bundle bundle;
+  std::unique_ptr<fmrl::PoolShare> pool;  // declared before engine: released after the program
   std::unique_ptr<fmrl::Engine> engine;
   bool unknown_raise = false, exclude_seen = false;
   uint32_t bloom_bits = 2048, bloom_hashes = 4;

@@ -7,19 +7,14 @@
 //   Bloom filter [bloom bytes], crc32 of everything before it (written by fmrl_session_to_bytes).
 // so a live session costs exactly fmrl_state_bytes and saving one is a copy plus a checksum.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 
 #include "blake2/blake2.h"
 #include "internal.hpp"
 #include "picosha2/picosha2.h"
-
-#ifndef FMRL_VERSION
-#define FMRL_VERSION "0.1.0"
-#endif
-#ifndef FMRL_EXECUTORCH_VERSION
-#define FMRL_EXECUTORCH_VERSION "unknown"
-#endif
 
 namespace fmrl {
 namespace {
@@ -33,7 +28,14 @@ constexpr double kMaxAbsState = 1e8; // largest |value| a restored state or hidd
 constexpr size_t kVersionAt = 4, kRowsAt = 6, kSizeAt = 8, kKmaxAt = 10, kHashesAt = 12, kFlagsAt = 14,
                  kBloomBytesAt = 16, kFingerprintAt = 20, kObservedAt = 36, kUnknownAt = 44, kAddedAt = 48;
 
+constexpr size_t kMaxOptionsSize = 4096;  // larger: an options struct from before struct_size existed
+
 thread_local std::string last_error;
+
+std::mutex log_mutex;  // held while the callback runs
+fmrl_log_callback log_callback = nullptr;
+void* log_user = nullptr;
+std::atomic<bool> log_set{false};
 
 template <typename T>
 T load(const uint8_t* p) {
@@ -76,8 +78,14 @@ View view(const fmrl_recommender* rec, const uint8_t* bytes) {
 uint8_t* bytes_of(fmrl_session* s) { return reinterpret_cast<uint8_t*>(s); }
 const uint8_t* bytes_of(const fmrl_session* s) { return reinterpret_cast<const uint8_t*>(s); }
 
-void check_session(const fmrl_recommender* rec, const fmrl_session* s) {
-  if (!rec || !s) throw Error(FMRL_ERR_ARGUMENT, "NULL recommender or session");
+// FMRL_ERR_ARGUMENT naming the NULL argument: "fmrl_open: bundle_dir is NULL".
+void need(const void* p, const char* function, const char* argument) {
+  if (!p) throw Error(FMRL_ERR_ARGUMENT, std::string(function) + ": " + argument + " is NULL");
+}
+
+void check_session(const fmrl_recommender* rec, const fmrl_session* s, const char* function) {
+  need(rec, function, "rec");
+  need(s, function, "session");
   // the layout depends on the bundle and the seen filter's size: both must be this recommender's
   if (std::memcmp(bytes_of(s) + kFingerprintAt, rec->bundle.fingerprint, 16) != 0 ||
       load<uint32_t>(bytes_of(s) + kBloomBytesAt) * 8 != rec->bloom_bits ||
@@ -125,7 +133,14 @@ fmrl_session* allocate_session(size_t bytes) {
   return static_cast<fmrl_session*>(p);
 }
 
-// Run `body`, turning exceptions into a status and the thread's last error.
+fmrl_status fail(fmrl_status status, const char* what) {
+  last_error = what;
+  // a size answer and a lookup miss are results, not failures worth a log line
+  if (status != FMRL_ERR_BUFFER && status != FMRL_ERR_UNKNOWN_ITEM && logging()) log_line(FMRL_LOG_ERROR, last_error);
+  return status;
+}
+
+// Run `body`, turning exceptions into a status and the thread's last error ("" on success).
 template <typename F>
 fmrl_status guarded(F&& body) {
   try {
@@ -133,19 +148,63 @@ fmrl_status guarded(F&& body) {
     last_error.clear();
     return FMRL_OK;
   } catch (const Error& e) {
-    last_error = e.what();
-    return e.status;
+    return fail(e.status, e.what());
   } catch (const std::bad_alloc&) {
-    last_error = "out of memory";
-    return FMRL_ERR_INTERNAL;
+    return fail(FMRL_ERR_INTERNAL, "out of memory");
   } catch (const std::exception& e) {
-    last_error = e.what();
-    return FMRL_ERR_INTERNAL;
+    return fail(FMRL_ERR_INTERNAL, e.what());
   }
 }
 
-void require(bool ok, const char* what) {
-  if (!ok) throw Error(FMRL_ERR_ARGUMENT, what);
+// A getter: body's value, or `sentinel` with the last error set when it throws.
+template <typename T, typename F>
+T getter(T sentinel, F&& body) {
+  T value = sentinel;
+  guarded([&] { value = body(); });
+  return value;
+}
+
+std::string unknown_item(const char* item_id) {
+  return "unknown item " + py_repr_str(item_id) + ": not in the bundle nor added with add_items";
+}
+
+// Internal index of an external id; 0 if unknown.
+int64_t lookup(const Catalog& cat, const char* item_id) {
+  const auto it = cat.index.find(std::string_view(item_id));
+  return it == cat.index.end() ? 0 : it->second;
+}
+
+fmrl_open_options default_options() {
+  fmrl_open_options o;
+  o.struct_size = sizeof o;
+  o.on_unknown = FMRL_UNKNOWN_SKIP;
+  o.exclude_seen = 0;
+  o.bloom_bits = 2048;
+  o.bloom_hashes = 4;
+  o.threads = 0;
+  o.check_executorch_version = 1;
+  return o;
+}
+
+// The caller's options: the fields that lie entirely within its struct_size, defaults for the others.
+fmrl_open_options read_options(const fmrl_open_options* given) {
+  fmrl_open_options o = default_options();
+  if (!given) return o;
+  const size_t size = given->struct_size;
+  if (size < sizeof(size_t) || size > kMaxOptionsSize)
+    throw Error(FMRL_ERR_ARGUMENT, "fmrl_open: options->struct_size is " + std::to_string(size) +
+                                       "; set it with fmrl_open_options_init (sizeof(fmrl_open_options), at most " +
+                                       std::to_string(kMaxOptionsSize) + ")");
+#define FMRL_READ(field) \
+  if (offsetof(fmrl_open_options, field) + sizeof o.field <= size) o.field = given->field
+  FMRL_READ(on_unknown);
+  FMRL_READ(exclude_seen);
+  FMRL_READ(bloom_bits);
+  FMRL_READ(bloom_hashes);
+  FMRL_READ(threads);
+  FMRL_READ(check_executorch_version);
+#undef FMRL_READ
+  return o;
 }
 
 void item_vector(const fmrl_recommender* rec, const Catalog& cat, int64_t index, float* out) {
@@ -166,6 +225,13 @@ bool bloom_contains(const uint8_t* bloom, const uint32_t* positions, uint32_t ha
 
 }  // namespace
 
+bool logging() { return log_set.load(std::memory_order_acquire); }
+
+void log_line(fmrl_log_level level, const std::string& message) {
+  std::lock_guard<std::mutex> lock(log_mutex);
+  if (log_callback) log_callback(level, message.c_str(), log_user);
+}
+
 void bloom_positions(std::string_view id, uint32_t bits, uint32_t hashes, uint32_t* out) {
   // double hashing of a 64-bit blake2b digest of the UTF-8 id (seen.item_positions)
   uint8_t digest[8];
@@ -181,27 +247,55 @@ using namespace fmrl;
 
 extern "C" {
 
-const char* fmrl_version(void) { return FMRL_VERSION; }
+const char* fmrl_version(void) { return FMRL_VERSION_STRING; }
+int fmrl_version_number(void) { return FMRL_VERSION_NUMBER; }
 const char* fmrl_executorch_version(void) { return FMRL_EXECUTORCH_VERSION; }
 const char* fmrl_last_error(void) { return last_error.c_str(); }
 
-void fmrl_open_options_init(fmrl_open_options* o) {
-  if (!o) return;
-  o->on_unknown = FMRL_UNKNOWN_SKIP;
-  o->exclude_seen = 0;
-  o->bloom_bits = 2048;
-  o->bloom_hashes = 4;
-  o->threads = 0;
-  o->check_executorch_version = 1;
+const char* fmrl_status_string(fmrl_status status) {
+  switch (static_cast<int>(status)) {  // any int may arrive through the C ABI
+    case FMRL_OK: return "FMRL_OK: success";
+    case FMRL_ERR_ARGUMENT: return "FMRL_ERR_ARGUMENT: bad argument";
+    case FMRL_ERR_BUNDLE: return "FMRL_ERR_BUNDLE: the bundle was refused";
+    case FMRL_ERR_STATE: return "FMRL_ERR_STATE: the session state was refused";
+    case FMRL_ERR_UNKNOWN_ITEM: return "FMRL_ERR_UNKNOWN_ITEM: unknown item";
+    case FMRL_ERR_PROGRAM: return "FMRL_ERR_PROGRAM: ExecuTorch failed to load or run the program";
+    case FMRL_ERR_BUFFER: return "FMRL_ERR_BUFFER: an output buffer is too small";
+    case FMRL_ERR_INTERNAL: return "FMRL_ERR_INTERNAL: out of memory or internal error";
+  }
+  return "unknown fmrl_status";
+}
+
+void fmrl_set_log_callback(fmrl_log_callback callback, void* user) {
+  std::lock_guard<std::mutex> lock(log_mutex);
+  log_callback = callback;
+  log_user = user;
+  log_set.store(callback != nullptr, std::memory_order_release);
+}
+
+int fmrl_thread_count(void) { return PoolShare::thread_count(); }
+
+fmrl_status fmrl_open_options_init_size(fmrl_open_options* options, size_t struct_size) {
+  return guarded([&] {
+    need(options, "fmrl_open_options_init", "options");
+    if (struct_size < sizeof(size_t) || struct_size > kMaxOptionsSize)
+      throw Error(FMRL_ERR_ARGUMENT, "fmrl_open_options_init: struct_size " + std::to_string(struct_size) +
+                                         " out of range [sizeof(size_t), " + std::to_string(kMaxOptionsSize) + "]");
+    fmrl_open_options o = default_options();
+    o.struct_size = struct_size;
+    std::memset(options, 0, struct_size);
+    std::memcpy(options, &o, std::min(struct_size, sizeof o));
+  });
 }
 
 fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, fmrl_recommender** out) {
   return guarded([&] {
-    require(bundle_dir && out, "fmrl_open: NULL argument");
+    need(bundle_dir, "fmrl_open", "bundle_dir");
+    need(out, "fmrl_open", "out");
     *out = nullptr;
-    fmrl_open_options o;
-    fmrl_open_options_init(&o);
-    if (options) o = *options;
+    const fmrl_open_options o = read_options(options);
+    if (o.threads < 0)
+      throw Error(FMRL_ERR_ARGUMENT, "fmrl_open: options->threads must be >= 0, got " + std::to_string(o.threads));
     if (o.on_unknown != FMRL_UNKNOWN_SKIP && o.on_unknown != FMRL_UNKNOWN_RAISE)
       throw Error(FMRL_ERR_ARGUMENT, "on_unknown must be FMRL_UNKNOWN_SKIP or FMRL_UNKNOWN_RAISE");
     if (o.bloom_bits < 8 || o.bloom_bits % 8 || o.bloom_bits > (1u << 20))
@@ -215,7 +309,7 @@ fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, 
       throw Error(FMRL_ERR_BUNDLE, b.path + "/manifest.json: state " + std::to_string(b.rows) + " x " +
                                        std::to_string(b.granularity) + " or k_max " + std::to_string(b.k_max) +
                                        " out of range");
-    if (o.threads) Engine::set_threads(o.threads);
+    rec->pool = std::make_unique<PoolShare>(o.threads);
     rec->engine = std::make_unique<Engine>(b.program, b.method, b.rows, b.granularity, b.k_max,
                                            static_cast<int64_t>(b.item_ids.size()));
     if (static_cast<int64_t>(b.cold_indices.size()) != b.k_max)
@@ -241,56 +335,102 @@ fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, 
       bloom_positions(b.item_ids[i], o.bloom_bits, o.bloom_hashes, &cat->positions[(i + 1) * o.bloom_hashes]);
     }
     rec->set_catalog(std::move(cat));
+    if (logging())
+      log_line(FMRL_LOG_INFO, "opened " + b.path + ": profile " + py_repr_str(b.profile) + ", " +
+                             std::to_string(n) + " items, s " + std::to_string(b.granularity) + ", k_max " +
+                             std::to_string(b.k_max) + ", " + std::to_string(rec->state_bytes) +
+                             " state bytes per session, fingerprint " + hex(b.fingerprint, 16));
     *out = rec.release();
   });
 }
 
 void fmrl_close(fmrl_recommender* rec) { delete rec; }
 
-int32_t fmrl_granularity(const fmrl_recommender* rec) { return rec ? rec->bundle.granularity : 0; }
-int32_t fmrl_k_max(const fmrl_recommender* rec) { return rec ? rec->bundle.k_max : 0; }
+int32_t fmrl_granularity(const fmrl_recommender* rec) {
+  return getter<int32_t>(0, [&] {
+    need(rec, "fmrl_granularity", "rec");
+    return rec->bundle.granularity;
+  });
+}
+int32_t fmrl_k_max(const fmrl_recommender* rec) {
+  return getter<int32_t>(0, [&] {
+    need(rec, "fmrl_k_max", "rec");
+    return rec->bundle.k_max;
+  });
+}
 int64_t fmrl_num_items(const fmrl_recommender* rec) {
-  return rec ? static_cast<int64_t>(rec->bundle.item_ids.size()) : 0;
+  return getter<int64_t>(0, [&] {
+    need(rec, "fmrl_num_items", "rec");
+    return static_cast<int64_t>(rec->bundle.item_ids.size());
+  });
 }
-int64_t fmrl_item_count(const fmrl_recommender* rec) { return rec ? rec->catalog()->count() : 0; }
-size_t fmrl_state_bytes(const fmrl_recommender* rec) { return rec ? rec->state_bytes : 0; }
-void fmrl_fingerprint(const fmrl_recommender* rec, uint8_t out[16]) {
-  if (rec && out) std::memcpy(out, rec->bundle.fingerprint, 16);
+int64_t fmrl_item_count(const fmrl_recommender* rec) {
+  return getter<int64_t>(0, [&] {
+    need(rec, "fmrl_item_count", "rec");
+    return rec->catalog()->count();
+  });
 }
-const char* fmrl_profile(const fmrl_recommender* rec) { return rec ? rec->bundle.profile.c_str() : ""; }
+size_t fmrl_state_bytes(const fmrl_recommender* rec) {
+  return getter<size_t>(0, [&] {
+    need(rec, "fmrl_state_bytes", "rec");
+    return rec->state_bytes;
+  });
+}
+fmrl_status fmrl_fingerprint(const fmrl_recommender* rec, uint8_t out[16]) {
+  return guarded([&] {
+    need(rec, "fmrl_fingerprint", "rec");
+    need(out, "fmrl_fingerprint", "out");
+    std::memcpy(out, rec->bundle.fingerprint, 16);
+  });
+}
+const char* fmrl_profile(const fmrl_recommender* rec) {
+  return getter<const char*>(nullptr, [&] {
+    need(rec, "fmrl_profile", "rec");
+    return rec->bundle.profile.c_str();
+  });
+}
 
 int64_t fmrl_item_index(const fmrl_recommender* rec, const char* item_id) {
-  if (!rec || !item_id) return 0;
-  const auto cat = rec->catalog();
-  const auto it = cat->index.find(std::string_view(item_id));
-  return it == cat->index.end() ? 0 : it->second;
+  return getter<int64_t>(0, [&] {
+    need(rec, "fmrl_item_index", "rec");
+    need(item_id, "fmrl_item_index", "item_id");
+    const int64_t index = lookup(*rec->catalog(), item_id);
+    if (!index) throw Error(FMRL_ERR_UNKNOWN_ITEM, unknown_item(item_id));
+    return index;
+  });
 }
 
 const char* fmrl_item_id(const fmrl_recommender* rec, int64_t index) {
-  if (!rec) return nullptr;
-  const auto cat = rec->catalog();
-  return index >= 1 && index <= cat->count() ? cat->ids[index - 1] : nullptr;
+  return getter<const char*>(nullptr, [&] {
+    need(rec, "fmrl_item_id", "rec");
+    const auto cat = rec->catalog();
+    if (index < 1 || index > cat->count())
+      throw Error(FMRL_ERR_ARGUMENT, "fmrl_item_id: internal item index " + std::to_string(index) +
+                                         " out of range [1, " + std::to_string(cat->count()) + "]");
+    return cat->ids[index - 1];
+  });
 }
 
 fmrl_status fmrl_item_vector(const fmrl_recommender* rec, const char* item_id, float* out, size_t capacity) {
   return guarded([&] {
-    require(rec && item_id && out, "fmrl_item_vector: NULL argument");
+    need(rec, "fmrl_item_vector", "rec");
+    need(item_id, "fmrl_item_vector", "item_id");
+    need(out, "fmrl_item_vector", "out");
     if (capacity < static_cast<size_t>(rec->bundle.granularity))
       throw Error(FMRL_ERR_BUFFER, "fmrl_item_vector: the buffer holds " + std::to_string(capacity) + " floats, " +
                                        std::to_string(rec->bundle.granularity) + " needed");
     const auto cat = rec->catalog();
-    const auto it = cat->index.find(std::string_view(item_id));
-    if (it == cat->index.end())
-      throw Error(FMRL_ERR_UNKNOWN_ITEM, "unknown item " + py_repr_str(item_id) +
-                                             ": not in the bundle nor added with add_items");
-    item_vector(rec, *cat, it->second, out);
+    const int64_t index = lookup(*cat, item_id);
+    if (!index) throw Error(FMRL_ERR_UNKNOWN_ITEM, unknown_item(item_id));
+    item_vector(rec, *cat, index, out);
   });
 }
 
 fmrl_status fmrl_add_items(fmrl_recommender* rec, const char* const* ids, size_t count, const float* vectors,
                            size_t dims, size_t* new_count) {
   return guarded([&] {
-    require(rec && (count == 0 || (ids && vectors)), "fmrl_add_items: NULL argument");
+    need(rec, "fmrl_add_items", "rec");
+    if (count) need(ids, "fmrl_add_items", "ids"), need(vectors, "fmrl_add_items", "vectors");
     const size_t s = static_cast<size_t>(rec->bundle.granularity);
     if (new_count) *new_count = 0;
     if (dims < s)
@@ -300,7 +440,7 @@ fmrl_status fmrl_add_items(fmrl_recommender* rec, const char* const* ids, size_t
       if (!std::isfinite(vectors[i])) throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors contain NaN or infinity");
     std::vector<std::string_view> names;
     for (size_t i = 0; i < count; ++i) {
-      require(ids[i] != nullptr, "fmrl_add_items: NULL id");
+      if (!ids[i]) throw Error(FMRL_ERR_ARGUMENT, "fmrl_add_items: ids[" + std::to_string(i) + "] is NULL");
       names.emplace_back(ids[i]);
     }
     {
@@ -353,7 +493,8 @@ fmrl_status fmrl_add_items(fmrl_recommender* rec, const char* const* ids, size_t
 
 fmrl_status fmrl_session_new(const fmrl_recommender* rec, fmrl_session** out) {
   return guarded([&] {
-    require(rec && out, "fmrl_session_new: NULL argument");
+    need(rec, "fmrl_session_new", "rec");
+    need(out, "fmrl_session_new", "out");
     const Bundle& b = rec->bundle;
     fmrl_session* s = allocate_session(rec->state_bytes);
     uint8_t* p = bytes_of(s);
@@ -377,7 +518,9 @@ fmrl_status fmrl_session_new(const fmrl_recommender* rec, fmrl_session** out) {
 fmrl_status fmrl_session_restore(const fmrl_recommender* rec, const uint8_t* data, size_t size,
                                  const uint8_t* key, size_t key_size, fmrl_session** out) {
   return guarded([&] {
-    require(rec && out && (data || !size), "fmrl_session_restore: NULL argument");
+    need(rec, "fmrl_session_restore", "rec");
+    need(out, "fmrl_session_restore", "out");
+    if (size) need(data, "fmrl_session_restore", "data");
     *out = nullptr;
     auto state_error = [](const std::string& what) { throw Error(FMRL_ERR_STATE, what); };
     if (size < kHeader + kCrc || std::memcmp(data, kMagic, 4) != 0)
@@ -463,7 +606,7 @@ void fmrl_session_free(fmrl_session* session) { std::free(session); }
 fmrl_status fmrl_session_to_bytes(const fmrl_recommender* rec, const fmrl_session* session, const uint8_t* key,
                                   size_t key_size, uint8_t* out, size_t capacity, size_t* size) {
   return guarded([&] {
-    check_session(rec, session);
+    check_session(rec, session, "fmrl_session_to_bytes");
     check_key(key, key_size);
     const size_t total = rec->state_bytes + (key ? kMac : 0);
     if (size) *size = total;
@@ -483,7 +626,7 @@ fmrl_status fmrl_session_to_bytes(const fmrl_recommender* rec, const fmrl_sessio
 
 fmrl_status fmrl_observe_index(fmrl_recommender* rec, fmrl_session* session, int64_t index) {
   return guarded([&] {
-    check_session(rec, session);
+    check_session(rec, session, "fmrl_observe_index");
     const auto cat = rec->catalog();
     if (index < 1 || index > cat->count())
       throw Error(FMRL_ERR_ARGUMENT, "internal item index " + std::to_string(index) + " out of range [1, " +
@@ -508,13 +651,11 @@ fmrl_status fmrl_observe(fmrl_recommender* rec, fmrl_session* session, const cha
   if (advanced) *advanced = 0;
   int64_t index = 0;
   const fmrl_status found = guarded([&] {
-    check_session(rec, session);
-    require(item_id != nullptr, "fmrl_observe: NULL item id");
-    index = fmrl_item_index(rec, item_id);
+    check_session(rec, session, "fmrl_observe");
+    need(item_id, "fmrl_observe", "item_id");
+    index = lookup(*rec->catalog(), item_id);
     if (index) return;
-    if (rec->unknown_raise)
-      throw Error(FMRL_ERR_UNKNOWN_ITEM,
-                  "unknown item " + py_repr_str(item_id) + ": not in the bundle nor added with add_items");
+    if (rec->unknown_raise) throw Error(FMRL_ERR_UNKNOWN_ITEM, unknown_item(item_id));
     uint8_t* p = bytes_of(session);
     bump<uint32_t>(p + kUnknownAt);
   });
@@ -527,8 +668,8 @@ fmrl_status fmrl_observe(fmrl_recommender* rec, fmrl_session* session, const cha
 fmrl_status fmrl_recommend(const fmrl_recommender* rec, const fmrl_session* session, int k, int exclude_seen,
                            const char** ids, float* scores, int64_t* indices, size_t* count) {
   return guarded([&] {
-    check_session(rec, session);
-    require(count != nullptr, "fmrl_recommend: NULL count");
+    check_session(rec, session, "fmrl_recommend");
+    need(count, "fmrl_recommend", "count");
     const int32_t k_max = rec->bundle.k_max;
     if (k < 1 || k > k_max)
       throw Error(FMRL_ERR_ARGUMENT, "k must be in [1, " + std::to_string(k_max) + "] (the bundle's k_max), got " +
@@ -578,20 +719,23 @@ fmrl_status fmrl_recommend(const fmrl_recommender* rec, const fmrl_session* sess
 fmrl_status fmrl_session_hidden(const fmrl_recommender* rec, const fmrl_session* session, float* out,
                                 size_t capacity) {
   return guarded([&] {
-    check_session(rec, session);
-    require(out != nullptr, "fmrl_session_hidden: NULL output");
+    check_session(rec, session, "fmrl_session_hidden");
+    need(out, "fmrl_session_hidden", "out");
     if (capacity < static_cast<size_t>(rec->bundle.granularity))
       throw Error(FMRL_ERR_BUFFER, "fmrl_session_hidden: needs " + std::to_string(rec->bundle.granularity) + " floats");
     std::memcpy(out, view(rec, bytes_of(session)).hidden, static_cast<size_t>(rec->bundle.granularity) * 4);
   });
 }
 
-void fmrl_session_counters(const fmrl_session* session, uint64_t* observed, uint32_t* unknown, uint32_t* added) {
-  if (!session) return;
-  const uint8_t* p = bytes_of(session);
-  if (observed) *observed = load<uint64_t>(p + kObservedAt);
-  if (unknown) *unknown = load<uint32_t>(p + kUnknownAt);
-  if (added) *added = load<uint32_t>(p + kAddedAt);
+fmrl_status fmrl_session_counters(const fmrl_session* session, uint64_t* observed, uint32_t* unknown,
+                                  uint32_t* added) {
+  return guarded([&] {
+    need(session, "fmrl_session_counters", "session");
+    const uint8_t* p = bytes_of(session);
+    if (observed) *observed = load<uint64_t>(p + kObservedAt);
+    if (unknown) *unknown = load<uint32_t>(p + kUnknownAt);
+    if (added) *added = load<uint32_t>(p + kAddedAt);
+  });
 }
 
 }  // extern "C"
