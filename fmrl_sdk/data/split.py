@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import FmrlError
 
 KINDS = ("leave-one-out", "time")
+LATEST = 253402300799.0    # 9999-12-31T23:59:59Z: the last instant an ISO date can name
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,10 @@ def parse_cut(value, what: str) -> tuple[str, float]:
         raise FmrlError(f"{what} = {value!r}: expected a unix timestamp, an ISO date or a fraction in (0, 1)")
     if 0 < value < 1:
         return "fraction", float(value)
-    if value >= 1000:
+    if 1000 <= value <= LATEST:
         return "time", float(value)
+    if value > LATEST:
+        raise FmrlError(f"{what} = {value!r}: a unix timestamp after the year 9999")
     raise FmrlError(f"{what} = {value!r}: a fraction must be in (0, 1) and a unix timestamp >= 1000")
 
 

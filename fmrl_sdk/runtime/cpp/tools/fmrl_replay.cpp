@@ -2,12 +2,19 @@
 //
 //   fmrl_replay --bundle B --stream S.jsonl --report R.json [--k 10] [--out RECS.jsonl] [--exclude-seen]
 //               [--strict] [--threads N] [--save-state USER=FILE]... [--load-state USER=FILE]...
+//               [--score-from UNIX_OR_ISO] [--window SPAN]
 //
 // For every valid event of user u: recommend k items from u's session (cold start for a new user), score
 // them against the event's item (online HitRate@k / NDCG@k), then observe the item. Bad lines are counted
 // by kind exactly as simulate counts them (fmrl_sdk/simulate/events.py). --load-state starts a user from a
 // saved session (Python's Session.to_bytes() or --save-state's); --save-state writes a user's session at the
 // end. Bad usage or a bad line under --strict: one line "error: ..." on stderr, exit 2.
+//
+// The report's time-aware keys ("split", "headline", "phases", "out_of_sample") are simulate's
+// (fmrl_sdk/simulate/scoring.py): the cut is --score-from (a unix timestamp or an ISO date, as
+// fmrl_sdk/data/split.py parse_cut reads it) or the manifest's "split"; --window (1d, 7d, 12h, 30m, 2w,
+// 3600s or N events; default 7d) needs a time cut. Under a time cut an event without "ts" is a bad line
+// (missing_ts). There is no --items here: "new_item_events" counts skipped out-of-sample unknown items.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -19,6 +26,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <deque>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -34,9 +44,9 @@ using Json = nlohmann::json;
 using OrderedJson = nlohmann::ordered_json;
 
 const char* const kBadKinds[] = {"invalid_json", "duplicate_key", "not_object", "missing_field", "wrong_type",
-                                 "unknown_item", "ts_backwards"};
+                                 "unknown_item", "ts_backwards", "missing_ts"};
 enum BadKind { kInvalidJson, kDuplicateKey, kNotObject, kMissingField, kWrongType, kUnknownItem, kTsBackwards,
-               kBadKindCount };
+               kMissingTs, kBadKindCount };
 constexpr size_t kMaxBadSamples = 100;
 
 struct Usage : std::runtime_error {
@@ -335,16 +345,531 @@ double percentile(const std::vector<double>& sorted, double p) {  // numpy's def
   return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
 }
 
+// ---- time-aware scoring (fmrl_sdk/simulate/scoring.py, fmrl_sdk/data/split.py) ---------------------
+
+bool py_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f'); }
+
+std::string py_strip(const std::string& text) {  // str.strip() (ASCII whitespace)
+  size_t a = 0, b = text.size();
+  while (a < b && py_space(text[a])) ++a;
+  while (b > a && py_space(text[b - 1])) --b;
+  return text.substr(a, b - a);
+}
+
+std::string py_repr(const std::string& text) {  // repr() of a str (non-ASCII bytes as they are)
+  const char quote = text.find('\'') != std::string::npos && text.find('"') == std::string::npos ? '"' : '\'';
+  std::string out(1, quote);
+  for (const unsigned char c : text) {
+    if (c == '\\' || c == static_cast<unsigned char>(quote)) out += '\\', out += static_cast<char>(c);
+    else if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else out += static_cast<char>(c);
+  }
+  return out + quote;
+}
+
+std::string py_float_repr(double v) {  // repr() of a float
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[64];
+  int p = 1;
+  for (; p < 17; ++p) {
+    std::snprintf(buf, sizeof buf, "%.*e", p - 1, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::snprintf(buf, sizeof buf, "%.*e", p - 1, v);
+  std::string mant(buf), digits;
+  const size_t e = mant.find('e');
+  const int exp10 = std::atoi(mant.c_str() + e + 1);
+  const bool neg = mant[0] == '-';
+  for (size_t i = 0; i < e; ++i)
+    if (mant[i] >= '0' && mant[i] <= '9') digits += mant[i];
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  const int decpt = exp10 + 1;
+  std::string out = neg ? "-" : "";
+  if (decpt > 16 || decpt < -3) {
+    out += digits.substr(0, 1);
+    if (digits.size() > 1) out += "." + digits.substr(1);
+    std::snprintf(buf, sizeof buf, "e%c%02d", exp10 < 0 ? '-' : '+', std::abs(exp10));
+    return out + buf;
+  }
+  if (decpt <= 0) return out + "0." + std::string(-decpt, '0') + digits;
+  if (static_cast<size_t>(decpt) >= digits.size()) return out + digits + std::string(decpt - digits.size(), '0') + ".0";
+  return out + digits.substr(0, decpt) + "." + digits.substr(decpt);
+}
+
+// Python float(text) for a stripped str: decimal literals (underscores between digits), inf, nan.
+bool py_float(const std::string& text, double& out) {
+  std::string plain;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '_') {
+      plain += text[i];
+      continue;
+    }
+    if (i == 0 || i + 1 == text.size() || !std::isdigit(static_cast<unsigned char>(text[i - 1])) ||
+        !std::isdigit(static_cast<unsigned char>(text[i + 1])))
+      return false;
+  }
+  size_t i = plain[0] == '+' || plain[0] == '-' ? 1 : 0;
+  std::string word = plain.substr(i);
+  for (char& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (word == "inf" || word == "infinity" || word == "nan") {
+    out = word == "nan" ? std::nan("") : HUGE_VAL;
+    if (plain[0] == '-') out = -out;
+    return true;
+  }
+  size_t digits = 0;
+  while (i < plain.size() && std::isdigit(static_cast<unsigned char>(plain[i]))) ++i, ++digits;
+  if (i < plain.size() && plain[i] == '.') {
+    ++i;
+    while (i < plain.size() && std::isdigit(static_cast<unsigned char>(plain[i]))) ++i, ++digits;
+  }
+  if (!digits) return false;
+  if (i < plain.size() && (plain[i] == 'e' || plain[i] == 'E')) {
+    ++i;
+    if (i < plain.size() && (plain[i] == '+' || plain[i] == '-')) ++i;
+    size_t exp_digits = 0;
+    while (i < plain.size() && std::isdigit(static_cast<unsigned char>(plain[i]))) ++i, ++exp_digits;
+    if (!exp_digits) return false;
+  }
+  if (i != plain.size()) return false;
+  out = std::strtod(plain.c_str(), nullptr);
+  return true;
+}
+
+int64_t days_from_civil(int64_t y, int m, int d) {  // days since 1970-01-01 (proleptic Gregorian)
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const int64_t yoe = y - era * 400;
+  const int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+// datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() for the common ISO forms: YYYY-MM-DD or
+// YYYYMMDD, then optionally one separator character and HH[:MM[:SS[.ffffff]]] or HH[MM[SS[.ffffff]]], then
+// optionally an offset (Z, +HH, +HH:MM, +HHMM, +HH:MM:SS); naive date-times are UTC.
+bool parse_iso(const std::string& text, double& out) {
+  size_t i = 0;
+  auto num = [&](size_t n, int& v) {
+    if (i + n > text.size()) return false;
+    v = 0;
+    for (size_t j = 0; j < n; ++j) {
+      if (!std::isdigit(static_cast<unsigned char>(text[i + j]))) return false;
+      v = v * 10 + (text[i + j] - '0');
+    }
+    i += n;
+    return true;
+  };
+  int year, month, day;
+  if (!num(4, year)) return false;
+  const bool extended = i < text.size() && text[i] == '-';
+  if (extended) ++i;
+  if (!num(2, month)) return false;
+  if (extended && (i >= text.size() || text[i++] != '-')) return false;
+  if (!num(2, day)) return false;
+  static const int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  const bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+  if (year < 1 || month < 1 || month > 12 || day < 1 || day > kDays[month - 1] + (month == 2 && leap)) return false;
+  int hour = 0, minute = 0, second = 0, micro = 0, offset = 0;
+  if (i < text.size()) {
+    ++i;  // the separator: any one character
+    if (!num(2, hour)) return false;
+    auto part = [&](int& v) {  // ":MM" (extended) or "MM" (basic)
+      if (i < text.size() && text[i] == ':') ++i;
+      return num(2, v);
+    };
+    if (i < text.size() && (text[i] == ':' || std::isdigit(static_cast<unsigned char>(text[i])))) {
+      if (!part(minute)) return false;
+      if (i < text.size() && (text[i] == ':' || std::isdigit(static_cast<unsigned char>(text[i])))) {
+        if (!part(second)) return false;
+        if (i < text.size() && (text[i] == '.' || text[i] == ',')) {
+          ++i;
+          size_t n = 0;
+          for (; i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])); ++i, ++n)
+            if (n < 6) micro = micro * 10 + (text[i] - '0');
+          if (!n) return false;
+          for (; n < 6; ++n) micro *= 10;
+        }
+      }
+    }
+    while (i < text.size() && text[i] == ' ') ++i;
+    if (i < text.size()) {
+      if (text[i] == 'Z') {
+        ++i;
+      } else if (text[i] == '+' || text[i] == '-') {
+        const int sign = text[i++] == '-' ? -1 : 1;
+        int oh = 0, om = 0, os = 0;
+        if (!num(2, oh)) return false;
+        if (i < text.size() && !part(om)) return false;
+        if (i < text.size() && !part(os)) return false;
+        if (oh > 23 || om > 59 || os > 59) return false;
+        offset = sign * (oh * 3600 + om * 60 + os);
+      }
+      if (i != text.size()) return false;
+    }
+    if (hour > 23 || minute > 59 || second > 59) return false;
+  }
+  const int64_t seconds = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - offset;
+  out = static_cast<double>(seconds * 1000000 + micro) / 1e6;  // timedelta.total_seconds()
+  return true;
+}
+
+// split.iso: datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") with "Z".
+std::string iso(double ts) {
+  double whole;
+  double frac = std::nearbyint(std::modf(ts, &whole) * 1e6);  // microseconds, rounded half to even
+  if (frac >= 1e6) whole += 1.0;
+  else if (frac < 0) whole -= 1.0;
+  const int64_t secs = static_cast<int64_t>(whole);
+  int64_t days = secs / 86400, rem = secs % 86400;
+  if (rem < 0) rem += 86400, --days;
+  // civil_from_days
+  const int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097, doe = z - era * 146097;
+  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+  const int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9, y = yoe + era * 400 + (m <= 2);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lldZ", static_cast<long long>(y),
+                static_cast<long long>(m), static_cast<long long>(d), static_cast<long long>(rem / 3600),
+                static_cast<long long>(rem / 60 % 60), static_cast<long long>(rem % 60));
+  return buf;
+}
+
+std::string thousands(long long n) {  // f"{n:,}"
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return (n < 0 ? "-" : "") + out;
+}
+
+struct Cut {  // scoring.Cut
+  std::string kind = "unknown", source = "manifest";
+  bool has_val_from = false;
+  double val_from = 0, test_from = 0;
+  double train_end() const { return has_val_from ? val_from : test_from; }
+  OrderedJson to_json() const {
+    OrderedJson out = OrderedJson::object();
+    out["kind"] = kind;
+    out["source"] = source;
+    if (kind == "time") {
+      out["val_from"] = has_val_from ? OrderedJson(val_from) : OrderedJson();
+      out["test_from"] = test_from;
+      out["test_from_iso"] = iso(test_from);
+      out["val_from_iso"] = has_val_from ? OrderedJson(iso(val_from)) : OrderedJson();
+    }
+    return out;
+  }
+};
+
+// scoring.cut_for with --score-from given: split.parse_cut(value, "--score-from") restricted to kind "time".
+Cut cut_from_flag(const std::string& value) {
+  const std::string what = "--score-from";
+  const std::string text = py_strip(value);
+  double number;
+  if (!py_float(text, number)) {
+    std::string replaced;
+    for (const char c : text) replaced += c == 'Z' ? std::string("+00:00") : std::string(1, c);
+    if (!parse_iso(replaced, number))
+      throw Usage(what + " = " + py_repr(value) + ": expected a unix timestamp, an ISO date such as 2003-01-01, or a "
+                  "fraction of events such as 0.8");
+    Cut cut;
+    cut.kind = "time", cut.source = what, cut.test_from = number;
+    return cut;
+  }
+  if (!std::isfinite(number))
+    throw Usage(what + " = " + py_float_repr(number) + ": expected a unix timestamp, an ISO date or a fraction in (0, 1)");
+  if (0 < number && number < 1)
+    throw Usage(what + " " + py_repr(value) + ": expected a unix timestamp or an ISO date");
+  if (number < 1000)
+    throw Usage(what + " = " + py_float_repr(number) + ": a fraction must be in (0, 1) and a unix timestamp >= 1000");
+  if (number >= 253402300800.0)  // after 9999-12-31 (simulate fails there: Python's datetime ends with that year)
+    throw Usage(what + " = " + py_float_repr(number) + ": a unix timestamp after the year 9999");
+  Cut cut;
+  cut.kind = "time", cut.source = what, cut.test_from = number;
+  return cut;
+}
+
+// scoring.cut_for without --score-from: the manifest's "split".
+Cut cut_from_manifest(const Json& manifest) {
+  Cut cut;
+  const auto split = manifest.find("split");
+  if (split == manifest.end() || !split->is_object()) return cut;
+  const auto kind = split->find("kind");
+  if (kind == split->end() || !kind->is_string()) return cut;
+  if (*kind == "time") {
+    auto number = [&](const char* name) {
+      const auto v = split->find(name);
+      double x;
+      if (v != split->end() && v->is_number()) return v->get<double>();
+      if (v != split->end() && v->is_string() && py_float(py_strip(v->get<std::string>()), x)) return x;
+      throw Usage(std::string("the bundle's manifest: split.") + name + " is not a number");
+    };
+    cut.kind = "time", cut.has_val_from = true;
+    cut.val_from = number("val_from"), cut.test_from = number("test_from");
+  } else if (*kind == "leave-one-out") {
+    cut.kind = "leave-one-out";
+  }
+  return cut;
+}
+
+struct Window {  // scoring.Window
+  std::string text;
+  double seconds = 0;
+  int64_t events = 0;
+};
+
+Window parse_window(const std::string& value) {  // scoring.parse_window
+  const std::string text = py_strip(value);
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  const bool number = digits && text[0] != '0';
+  Window w;
+  w.text = text;
+  if (number && digits == text.size()) {
+    errno = 0;
+    const long long n = std::strtoll(text.c_str(), nullptr, 10);
+    w.events = errno == ERANGE ? INT64_MAX : n;
+    return w;
+  }
+  static const std::string kUnits = "smhdw";
+  static const double kSeconds[] = {1, 60, 3600, 86400, 7 * 86400};
+  if (number && digits + 1 == text.size() && kUnits.find(text.back()) != std::string::npos) {
+    w.seconds = std::strtod(text.substr(0, digits).c_str(), nullptr) * kSeconds[kUnits.find(text.back())];
+    return w;
+  }
+  throw Usage("--window " + py_repr(text) + ": expected a span such as 1d, 7d, 12h, 30m, 2w or a number of events");
+}
+
+double py_floordiv(double vx, double wx) {  // Python float // float
+  double mod = std::fmod(vx, wx);
+  double div = (vx - mod) / wx;
+  if (mod && ((wx < 0) != (mod < 0))) div -= 1.0;
+  if (div) {
+    double floordiv = std::floor(div);
+    if (div - floordiv > 0.5) floordiv += 1.0;
+    return floordiv;
+  }
+  return std::copysign(0.0, vx / wx);
+}
+
+// scoring.popularity_rank: items counted more, then equal counts with a lower index, come first.
+int64_t popularity_rank(const std::vector<int64_t>& counts, int64_t index) {
+  const int64_t c = counts[index];
+  int64_t rank = 0;
+  for (int64_t i = 1; i < index; ++i) rank += counts[i] >= c;
+  for (size_t i = static_cast<size_t>(index) + 1; i < counts.size(); ++i) rank += counts[i] > c;
+  return rank;
+}
+
+// JSON of a ts as Python writes it: an int stays an int.
+OrderedJson ts_json(const Field& ts) {
+  if (ts.kind == Field::kInt && ts.exact_int) return OrderedJson(ts.integer);
+  if (ts.kind == Field::kInt && !ts.text.empty() && ts.text[0] != '-' && ts.number < 18446744073709551616.0 &&
+      ts.text.size() <= 20) {
+    errno = 0;
+    const unsigned long long u = std::strtoull(ts.text.c_str(), nullptr, 10);
+    if (errno == 0) return OrderedJson(u);
+  }
+  return OrderedJson(ts.number);
+}
+
+// scoring.Scoring: the time-aware part of the report, event by event.
+struct Scoring {
+  struct Acc {
+    long long events = 0, hits = 0;
+    double ndcg = 0.0;
+  };
+  struct Row {
+    long long events = 0, hits = 0, pop_hits = 0, trail_hits = 0;
+    double ndcg = 0.0, pop_ndcg = 0.0, trail_ndcg = 0.0;
+    OrderedJson first, last;
+  };
+  enum Phase { kInSample, kValidation, kOutOfSample };
+  Cut cut;
+  int k;
+  int64_t num_items;
+  Window window;
+  bool has_window;
+  std::vector<double> gain;
+  Acc phases[3], known_user, new_user, known_item, new_item;
+  long long before_hits = 0, trail_hits = 0, skipped = 0;
+  double before_ndcg = 0.0, trail_ndcg = 0.0;
+  std::map<long long, Row> windows;
+  std::vector<int64_t> counts, trail_counts, frozen;
+  std::deque<std::pair<double, int64_t>> trail;  // (ts or event number, index) inside the trailing window
+  long long oos_events = 0, timed_events = 0;
+
+  Scoring(const Cut& c, int k_, int64_t items, int64_t item_count, const Window& w, bool has_w)
+      : cut(c), k(k_), num_items(items), window(w), has_window(has_w), gain(k_),
+        counts(item_count + 1), trail_counts(item_count + 1) {
+    for (int r = 0; r < k; ++r) gain[r] = 1.0 / std::log2(r + 2.0);
+  }
+  std::pair<long long, double> hit(int64_t rank) const {
+    return rank >= 0 && rank < k ? std::make_pair(1LL, gain[rank]) : std::make_pair(0LL, 0.0);
+  }
+  Phase phase(double ts) const {
+    if (ts >= cut.test_from) return kOutOfSample;
+    if (cut.has_val_from && ts >= cut.val_from) return kValidation;
+    return kInSample;
+  }
+  std::pair<long long, double> popularity_before(int64_t index) { return hit(popularity_rank(counts, index)); }
+  void count(int64_t index) { ++counts[index]; }
+
+  void timed_event(double ts, const Field& ts_field, int64_t index, int64_t rank, bool known) {
+    const Phase p = phase(ts);
+    const auto [h, g] = hit(rank);
+    Acc& acc = phases[p];
+    ++acc.events, acc.hits += h, acc.ndcg += g;
+    if (p != kOutOfSample) {
+      ++counts[index];
+    } else {
+      if (frozen.empty()) {  // the before-cut ranks, fixed at the first out-of-sample event
+        std::vector<int64_t> order(counts.size() - 1);
+        for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i) + 1;
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
+        frozen.assign(counts.size(), 0);
+        for (size_t r = 0; r < order.size(); ++r) frozen[order[r]] = static_cast<int64_t>(r);
+      }
+      const auto pop = hit(frozen[index]);
+      expire(ts);
+      const auto tr = hit(popularity_rank(trail_counts, index));
+      before_hits += pop.first, before_ndcg += pop.second;
+      trail_hits += tr.first, trail_ndcg += tr.second;
+      for (Acc* group : {known ? &known_user : &new_user, index <= num_items ? &known_item : &new_item})
+        ++group->events, group->hits += h, group->ndcg += g;
+      if (has_window) {
+        const long long w = window.events ? oos_events / window.events
+                                          : static_cast<long long>(py_floordiv(ts - cut.test_from, window.seconds));
+        auto found = windows.find(w);
+        if (found == windows.end()) {
+          found = windows.emplace(w, Row()).first;
+          found->second.first = ts_json(ts_field);
+        }
+        Row& row = found->second;
+        ++row.events, row.hits += h, row.ndcg += g, row.pop_hits += pop.first, row.pop_ndcg += pop.second;
+        row.trail_hits += tr.first, row.trail_ndcg += tr.second;
+        row.last = ts_json(ts_field);
+      }
+      ++oos_events;
+    }
+    ++timed_events;
+    trail.emplace_back(has_window && window.events ? static_cast<double>(timed_events) : ts, index);
+    ++trail_counts[index];
+  }
+
+  void expire(double ts) {  // drop events that left the trailing window
+    const Window w = has_window ? window : parse_window("7d");
+    if (w.events) {
+      while (!trail.empty() && trail.front().first <= static_cast<double>(timed_events - w.events))
+        --trail_counts[trail.front().second], trail.pop_front();
+    } else {
+      while (!trail.empty() && trail.front().first < ts - w.seconds)
+        --trail_counts[trail.front().second], trail.pop_front();
+    }
+  }
+
+  OrderedJson metrics(long long events, double hits, double ndcg) const {
+    OrderedJson out = OrderedJson::object();
+    out["events"] = events;
+    out["HitRate@" + std::to_string(k)] = events ? hits / events : 0.0;
+    out["NDCG@" + std::to_string(k)] = events ? ndcg / events : 0.0;
+    return out;
+  }
+  OrderedJson metrics(const Acc& a) const { return metrics(a.events, static_cast<double>(a.hits), a.ndcg); }
+
+  // Scoring.report: "split", "headline", "phases", "out_of_sample", into `report` in that order.
+  void report(OrderedJson& report, const OrderedJson& online, const OrderedJson& last_event, long long users,
+              double last_pop_hit, double last_pop_ndcg) const {
+    const std::string hr = "HitRate@" + std::to_string(k), nd = "NDCG@" + std::to_string(k);
+    OrderedJson headline = OrderedJson::object(), phases_json = OrderedJson::object(), out = OrderedJson::object();
+    auto lift = [&](const OrderedJson& model, const OrderedJson& base) {
+      OrderedJson l = OrderedJson::object();
+      for (const std::string& m : {hr, nd}) {
+        const double b = base[m].get<double>();
+        l[m] = b != 0.0 ? OrderedJson(model[m].get<double>() / b) : OrderedJson();
+      }
+      return l;
+    };
+    if (cut.kind == "time") {
+      static const char* const kPhases[] = {"in_sample", "validation", "out_of_sample"};
+      for (int p = 0; p < 3; ++p) phases_json[kPhases[p]] = metrics(phases[p]);
+      const OrderedJson& oos = phases_json["out_of_sample"];
+      const long long n = oos["events"].get<long long>();
+      OrderedJson base = OrderedJson::object();
+      base["before_cut"] = metrics(n, static_cast<double>(before_hits), before_ndcg);
+      base["trailing"] = metrics(n, static_cast<double>(trail_hits), trail_ndcg);
+      base["trailing"]["span"] = has_window ? window.text : std::string("7d");
+      out["by_user"] = {{"known", metrics(known_user)}, {"new", metrics(new_user)}};
+      out["by_item"] = {{"known", metrics(known_item)}, {"new", metrics(new_item)}};
+      out["new_item_events"] = {{"skipped", skipped}, {"added", 0}};
+      out["popularity"] = base;
+      OrderedJson lifts = OrderedJson::object();
+      lifts["before_cut"] = lift(oos, base["before_cut"]);
+      lifts["trailing"] = lift(oos, base["trailing"]);
+      out["lift"] = lifts;
+      OrderedJson rows = OrderedJson::array();
+      for (const auto& [w, row] : windows) {
+        OrderedJson r = OrderedJson::object();
+        const double e = static_cast<double>(row.events);
+        r["window"] = w;
+        r["first_ts"] = row.first;
+        r["last_ts"] = row.last;
+        r["events"] = row.events;
+        r[hr] = row.hits / e;
+        r[nd] = row.ndcg / e;
+        r["popularity_" + hr] = row.pop_hits / e;
+        r["trailing_" + hr] = row.trail_hits / e;
+        if (window.seconds) r["from"] = iso(cut.test_from + static_cast<double>(w) * window.seconds);
+        rows.push_back(r);
+      }
+      out["windows"] = rows;
+      out["window"] = has_window ? OrderedJson(window.text) : OrderedJson();
+      headline["label"] = "out-of-sample: events from " + iso(cut.test_from) + " (" + thousands(n) + ")";
+      for (const auto& [key, value] : oos.items()) headline[key] = value;
+    } else if (cut.kind == "leave-one-out") {
+      phases_json["all_events_in_sample"] = online;
+      OrderedJson pop = OrderedJson::object();
+      pop["events"] = users;
+      pop[hr] = users ? last_pop_hit / static_cast<double>(users) : 0.0;
+      pop[nd] = users ? last_pop_ndcg / static_cast<double>(users) : 0.0;
+      out["popularity"] = {{"before_event", pop}};
+      out["lift"] = {{"before_event", lift(last_event, pop)}};
+      headline["label"] = "out-of-sample: each user's last event (" + thousands(users) + ")";
+      headline["events"] = users;
+      for (const auto& [key, value] : last_event.items()) headline[key] = value;
+    } else {
+      phases_json["all_events_unknown"] = online;
+      headline["label"] = "all events; in-sample status unknown (the bundle records no split: pass --score-from)";
+      for (const auto& [key, value] : online.items()) headline[key] = value;
+    }
+    report["split"] = cut.to_json();
+    report["headline"] = headline;
+    report["phases"] = phases_json;
+    report["out_of_sample"] = out;
+  }
+};
+
 // ---- the replay ----------------------------------------------------------------------------------
 
 struct Slot {
   fmrl_session* session = nullptr;
   Field last_ts;  // kAbsent until a ts is seen
   double last_hit = 0.0, last_ndcg = 0.0;
+  bool trained = false;                          // time cut: had an event in the training period
+  double last_pop_hit = 0.0, last_pop_ndcg = 0.0;  // the popularity baseline on the last event
 };
 
 struct Options {
-  std::string bundle, stream, report, out;
+  std::string bundle, stream, report, out, score_from, window;
+  bool has_score_from = false, has_window = false;
   int k = 10, threads = 0;
   bool exclude_seen = false, strict = false, quiet = false;
   std::vector<std::pair<std::string, std::string>> save, load;
@@ -380,12 +905,15 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--exclude-seen") o.exclude_seen = true;
     else if (a == "--strict") o.strict = true;
     else if (a == "--quiet") o.quiet = true;
+    else if (a == "--score-from") o.score_from = value(), o.has_score_from = true;
+    else if (a == "--window") o.window = value(), o.has_window = true;
     else if (a == "--save-state") o.save.push_back(user_file(a, value()));
     else if (a == "--load-state") o.load.push_back(user_file(a, value()));
     else if (a == "--help" || a == "-h") {
       std::printf("usage: fmrl_replay --bundle B --stream S.jsonl --report R.json [--k 10] [--out RECS.jsonl]\n"
                   "       [--exclude-seen] [--strict] [--threads N] [--save-state USER=FILE]... "
-                  "[--load-state USER=FILE]...\n");
+                  "[--load-state USER=FILE]...\n"
+                  "       [--score-from UNIX_OR_ISO] [--window 1d|7d|12h|30m|2w|3600s|N]\n");
       std::exit(0);
     } else throw Usage("unknown option " + a + " (see --help)");
   }
@@ -401,9 +929,19 @@ int run(const Options& opt) {
   open_options.threads = opt.threads;
   fmrl_recommender* rec = nullptr;
   if (fmrl_open(opt.bundle.c_str(), &open_options, &rec) != FMRL_OK) fail_runtime();
+  // scoring.cut_for and the window, in simulate's order
+  const Cut cut = opt.has_score_from
+                      ? cut_from_flag(opt.score_from)
+                      : cut_from_manifest(Json::parse(read_all(fmrl::path_join(fmrl::path_normalise(opt.bundle),
+                                                                               "manifest.json"))));
+  if (opt.has_window && cut.kind != "time")
+    throw Usage("--window: needs a time cut (this bundle's split is " + cut.kind + "; pass --score-from)");
+  const bool timed = cut.kind == "time";
+  const Window window = timed ? parse_window(opt.has_window ? opt.window : "7d") : Window();
   const int k_max = fmrl_k_max(rec);
   if (opt.k < 1 || opt.k > k_max)
     throw Usage("--k " + std::to_string(opt.k) + ": must be in [1, " + std::to_string(k_max) + "] (the bundle's k_max)");
+  Scoring scoring(cut, opt.k, fmrl_num_items(rec), fmrl_item_count(rec), window, timed);
   const std::string stream_name = fmrl::path_normalise(opt.stream);
   FILE* in = std::fopen(opt.stream.c_str(), "rb");
   if (!in) throw Usage(stream_name + ": stream not found");
@@ -468,16 +1006,19 @@ int run(const Options& opt) {
       problem = check_fields(parsed);
     }
     const Field &user_field = parsed.fields[0], &item_field = parsed.fields[1], &ts = parsed.fields[2];
+    const bool has_ts = ts.kind == Field::kInt || ts.kind == Field::kFloat;
+    if (problem.kind == kBadKindCount && timed && !has_ts)
+      problem = {kMissingTs, "no 'ts': a time cut needs every event's timestamp"};
     if (problem.kind == kBadKindCount) {
       user = user_field.text;
       index = fmrl_item_index(rec, item_field.text.c_str());
       if (!index || item_field.text.find('\0') != std::string::npos) {
         index = 0;
+        if (timed && ts.number >= cut.test_from) ++scoring.skipped;
         problem = {kUnknownItem, "unknown item " + item_field.text};
       } else {
         const auto found = user_slot.find(user);
         slot = found == user_slot.end() ? nullptr : &slots[found->second];
-        const bool has_ts = ts.kind == Field::kInt || ts.kind == Field::kFloat;
         if (has_ts && slot && slot->last_ts.kind != Field::kAbsent && ts_less(ts, slot->last_ts))
           problem = {kTsBackwards, "ts earlier than the previous ts of user " + user};
       }
@@ -512,6 +1053,15 @@ int run(const Options& opt) {
     if (fmrl_observe_index(rec, slot->session, index) != FMRL_OK) fail_runtime();
     latency_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
     ++events;
+    const int64_t rank_or_none = static_cast<size_t>(rank) < count ? static_cast<int64_t>(rank) : -1;
+    if (timed) {
+      scoring.timed_event(ts.number, ts, index, rank_or_none, slot->trained);
+      if (ts.number < cut.train_end()) slot->trained = true;
+    } else if (cut.kind == "leave-one-out") {  // (simulate also counts under an unknown cut, unreported)
+      const auto pop = scoring.popularity_before(index);
+      slot->last_pop_hit = static_cast<double>(pop.first), slot->last_pop_ndcg = pop.second;
+      scoring.count(index);
+    }
     if (out) {  // as simulate --out; an integer id keeps its digits (JSON numbers beyond 64 bits included)
       auto id_json = [](const Field& f) {
         return f.kind == Field::kString ? Json(f.text).dump(-1, ' ', false, Json::error_handler_t::replace) : f.text;
@@ -569,15 +1119,20 @@ int run(const Options& opt) {
       {"latency_us", {{"p50", percentile(sorted, 50)}, {"p95", percentile(sorted, 95)},
                       {"p99", percentile(sorted, 99)}, {"max", sorted.back()}}},
       {"events_per_s", seconds > 0 ? latency_us.size() / seconds : 0.0},
-      {"online", {{"HitRate@" + k, events ? double(hits) / events : 0.0},
-                  {"NDCG@" + k, events ? ndcg / events : 0.0}}},
-      {"online_last_event", {{"HitRate@" + k, n_users ? last_hit / n_users : 0.0},
-                             {"NDCG@" + k, n_users ? last_ndcg / n_users : 0.0}}},
-      {"users", slots.size()},
-      {"state_bytes_per_user", fmrl_state_bytes(rec)},
-      {"peak_rss_bytes", static_cast<long long>(usage.ru_maxrss) * 1024},
-      {"seconds", seconds},
   };
+  OrderedJson online = {{"HitRate@" + k, events ? double(hits) / events : 0.0},
+                        {"NDCG@" + k, events ? ndcg / events : 0.0}};
+  OrderedJson last_event = {{"HitRate@" + k, n_users ? last_hit / n_users : 0.0},
+                            {"NDCG@" + k, n_users ? last_ndcg / n_users : 0.0}};
+  double last_pop_hit = 0.0, last_pop_ndcg = 0.0;  // summed in order of the users' first event, as Python
+  for (const Slot& slot : slots) last_pop_hit += slot.last_pop_hit, last_pop_ndcg += slot.last_pop_ndcg;
+  scoring.report(report, online, last_event, static_cast<long long>(slots.size()), last_pop_hit, last_pop_ndcg);
+  report["online"] = online;
+  report["online_last_event"] = last_event;
+  report["users"] = slots.size();
+  report["state_bytes_per_user"] = fmrl_state_bytes(rec);
+  report["peak_rss_bytes"] = static_cast<long long>(usage.ru_maxrss) * 1024;
+  report["seconds"] = seconds;
   // a sample may quote bytes that are not UTF-8: written as U+FFFD
   write_atomic(opt.report, report.dump(2, ' ', false, OrderedJson::error_handler_t::replace) + "\n");
   if (!opt.quiet)
