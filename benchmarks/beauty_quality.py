@@ -17,8 +17,10 @@ import shutil
 import statistics
 from pathlib import Path
 
-from fmrl_sdk.fileio import REPO_ROOT, atomic_write_json, read_json, read_jsonl_objects
+from fmrl_sdk.fileio import atomic_write_json, read_json, read_jsonl_objects
 from fmrl_sdk.train.report import plot_metrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 # ../shared/notes/fmrlrec.md: Recall@10 per granularity read off the paper's figure (+-0.003), Beauty,
 # d_max = 1024, text + image; and the paper's main-table row for fMRLRec at d = 1024.

@@ -34,12 +34,14 @@ import torch
 
 from fmrl_sdk.data import load_dataset
 from fmrl_sdk.data.dataset import training_arrays
-from fmrl_sdk.fileio import REPO_ROOT
 from fmrl_sdk.model import FMRLRec, ModelConfig
 from fmrl_sdk.train.evaluate import trim_left_padding
-from fmrl_sdk.train.loss import NegativeSampler, Objective, reference_cross_entropy
+from fmrl_sdk.train.loss import NegativeSampler, Objective
 from fmrl_sdk.train.run import load_item_features
 from fmrl_sdk.train.trainer import epoch_batches
+from reference_loss import reference_cross_entropy  # benchmarks/ (run as python benchmarks/train_speed.py)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 BEAUTY = REPO_ROOT.parent / "shared" / "data" / "amazon-beauty"
 FEATURES = REPO_ROOT / "features" / "beauty-minilm"

@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (benchmarks only; an install has none)
 
 
 def package_data_dir(name: str) -> Path:

@@ -7,7 +7,8 @@ import torch
 from fmrl_sdk.data import load_dataset
 from fmrl_sdk.data.dataset import training_arrays
 from fmrl_sdk.train import loss as loss_module
-from fmrl_sdk.train.loss import nested_cross_entropy, reference_cross_entropy
+from benchmarks.reference_loss import reference_cross_entropy
+from fmrl_sdk.train.loss import nested_cross_entropy
 from tests.test_model import make_model
 
 

@@ -291,8 +291,9 @@ def plot_windows(report: dict, path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise FmrlError("--curve needs matplotlib (pip install matplotlib)") from None
-    from ..fileio import atomic_write_bytes
     import io
+
+    from ..fileio import atomic_write_bytes
 
     rows = report["out_of_sample"].get("windows") or []
     if not rows:
@@ -300,6 +301,11 @@ def plot_windows(report: dict, path) -> None:
     k = report["k"]
     x = [r["window"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
+    counts = ax.twinx()   # how many events each point averages: sparse windows are noisy
+    counts.bar(x, [r["events"] for r in rows], color="0.85", width=0.8, zorder=0)
+    counts.set_ylabel("events in the window")
+    ax.set_zorder(counts.get_zorder() + 1)
+    ax.patch.set_visible(False)
     for key, label in ((f"HitRate@{k}", f"bundle (size {report['granularity']})"),
                        (f"popularity_HitRate@{k}", "popularity before the cut"),
                        (f"trailing_HitRate@{k}", "trailing popularity")):

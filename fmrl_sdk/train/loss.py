@@ -3,9 +3,9 @@
 `nested_cross_entropy` is the fast form: logits only where a target exists, and (method "fused",
 the default) a hand-written backward that walks the sizes with a running sum over reused [T, N]
 buffers (each size's exponentials kept from forward while they fit in KEEP_SCORES_BYTES) instead of
-materialising K x T x N logits for autograd. `reference_cross_entropy` is the
-straightforward form (every position, one product per size). They are the same function of the
-weights: tests hold them equal, values and gradients.
+materialising K x T x N logits for autograd. The straightforward form (every position, one product
+per size: benchmarks/reference_loss.py) is the same function of the weights: tests hold them equal,
+values and gradients.
 
 For large catalogues (`[train] loss`): `chunked_nested_cross_entropy` is the same loss computed over
 item blocks (no [T, N] buffer), `sampled_nested_cross_entropy` a log-Q corrected sampled softmax with
@@ -225,16 +225,6 @@ def nested_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, table: tor
     labels = (targets[has_target] - 1).repeat(k)
     per_size = F.cross_entropy(logits.reshape(k * t, n), labels, reduction="none").view(k, t).mean(1)
     return (per_size * size_weights(sizes, weights).to(per_size.device)).sum()
-
-
-def reference_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, sizes,
-                            weights=None) -> torch.Tensor:
-    """Straightforward form: logits at every position, one product per size, padding ignored."""
-    losses = []
-    for size in sizes:
-        logits = hidden[..., :size] @ table[1:, :size].T  # [B, L, N]
-        losses.append(F.cross_entropy(logits.flatten(0, 1), targets.flatten() - 1, ignore_index=-1))
-    return (torch.stack(losses) * size_weights(sizes, weights).to(hidden.device)).sum()
 
 
 # ----------------------------------------------------------------------------------------------
