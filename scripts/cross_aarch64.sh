@@ -7,6 +7,8 @@
 #
 # Needs: the project's venv active (python, pip, executorch), cmake, a native C++ compiler, and Debian's
 #   apt-get install g++-aarch64-linux-gnu qemu-user
+# When a JDK is present (javac on PATH) it also cross-builds the Java binding, WORKDIR/arm/libfmrl_jni.so
+# (-DFMRL_WITH_JNI=ON; JNI headers are the same for every CPU, the host JDK's are used); not run under qemu.
 # Writes WORKDIR/parity.json: events with identical top-10 ids and order, max |score diff| and the relative
 # tolerance (max |diff| / max |score|). Exit 0 only when every event's top-10 ids agree, in order, except
 # swaps of items whose scores differ by no more than that tolerance (ties). Emulated timings mean nothing.
@@ -51,13 +53,22 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
 EOF
+JNI_FLAG=-DFMRL_WITH_JNI=OFF
+if command -v javac >/dev/null; then
+  JNI_FLAG=-DFMRL_WITH_JNI=ON
+fi
 cmake -S "$SRC" -B "$WORK/arm" -DCMAKE_TOOLCHAIN_FILE="$WORK/toolchain.cmake" -DCMAKE_BUILD_TYPE=Release \
-      -Dexecutorch_DIR="$ET_ARM/lib/cmake/executorch" >"$WORK/arm-configure.log"
+      -Dexecutorch_DIR="$ET_ARM/lib/cmake/executorch" "$JNI_FLAG" >"$WORK/arm-configure.log"
 cmake --build "$WORK/arm" -j2 >"$WORK/arm-build.log"
 ET_X86=$(python -c "import executorch; print(executorch.__path__[0])")
 cmake -S "$SRC" -B "$WORK/x86" -DCMAKE_PREFIX_PATH="$ET_X86" -DCMAKE_BUILD_TYPE=Release >"$WORK/x86-configure.log"
 cmake --build "$WORK/x86" -j2 >"$WORK/x86-build.log"
 file "$WORK/arm/fmrl_replay" "$WORK/arm/libfmrl_runtime.so" | sed "s|$WORK/||"
+if [[ $JNI_FLAG == -DFMRL_WITH_JNI=ON ]]; then
+  file "$WORK/arm/libfmrl_jni.so" | sed "s|$WORK/||"
+else
+  echo "javac not found: the Java binding (libfmrl_jni) was not cross-built" >&2
+fi
 
 # 3. the same replay on both; aarch64 under qemu (its libraries from the cross sysroot)
 "$WORK/x86/fmrl_replay" --bundle "$BUNDLE" --stream "$STREAM" --report "$WORK/x86-report.json" \

@@ -167,7 +167,7 @@ def test_version_is_the_python_package_version(cpp_build, tmp_path):
     got = run_app(cpp_build, 'out["version"] = [lib.fmrl_version().decode(), lib.fmrl_version_number()]')
     assert got["version"] == [fmrl_sdk.__version__, number]
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
-    assert f'\nversion = "{fmrl_sdk.__version__}"\n' in pyproject
+    assert 'version = { attr = "fmrl_sdk.__version__" }' in pyproject   # the one source
 
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:

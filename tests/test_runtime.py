@@ -320,10 +320,10 @@ def test_tampered_or_partial_bundle_is_refused(art, tmp_path):
     rewrite_manifest(future, format_version=99)
     with pytest.raises(FmrlError, match="format_version"):
         Recommender.open(future)
-    # a version-1 bundle (its program took item indices) is refused with what to do
+    # bundles of older formats (1, 2) are refused with what to do
     old = copy_bundle(art.bundle, tmp_path / "v1")
     rewrite_manifest(old, format_version=1)
-    with pytest.raises(FmrlError, match="format_version 1: .* re-export the bundle with fmrl-sdk >="):
+    with pytest.raises(FmrlError, match="format_version 1: .* re-export the bundle with fmrl-sdk export"):
         Recommender.open(old)
     newer = copy_bundle(art.bundle, tmp_path / "newer")
     rewrite_manifest(newer, executorch_version="99.0.0")

@@ -155,6 +155,9 @@ def register(app: typer.Typer) -> None:
         quantize: Optional[str] = typer.Option(None, help="int8: dynamic per-channel int8 weights (if the profile allows)."),
         k_max: int = typer.Option(100, "--k-max", help="Recommendations returned per event."),
         strict: bool = typer.Option(False, "--strict", help="Refuse a run whose training did not finish."),
+        bundle_format: str = typer.Option("both", "--format",
+                                          help="dir: the bundle directory; file: the one-file OUT.fmrlb beside it "
+                                               "(what apps ship); both (default)."),
     ):
         """Export the size a device profile affords as a verified ExecuTorch bundle (docs/bundle-format.md)."""
         from rich.console import Console
@@ -172,6 +175,8 @@ def register(app: typer.Typer) -> None:
             raise FmrlError(f"--quantize {precision}: profile {prof.name} allows only {', '.join(prof.precisions)}")
         if k_max < 1:
             raise FmrlError(f"--k-max {k_max}: must be at least 1")
+        if bundle_format not in ("dir", "file", "both"):
+            raise FmrlError(f"--format {bundle_format!r}: expected dir, file or both")
         run = run or newest_run()
         describe_run(console, read_run(run), strict)
         loaded, dataset = load_run_and_data(run)
@@ -191,10 +196,10 @@ def register(app: typer.Typer) -> None:
         out = out or Path("bundles") / prof.name
         result = export_bundle(loaded.path, out, size=size, profile=prof.name,
                                quantize=precision if precision == "int8" else None, k_max=k_max,
-                               log=lambda m: console.print(m), run=loaded, dataset=dataset)
+                               log=lambda m: console.print(m), run=loaded, dataset=dataset, format=bundle_format)
         m = result.manifest
         v = m["verification"]
-        console.print(f"[bold]{out}[/]: size {m['granularity']} {m['precision']}, {m['sizes']['bundle_bytes']:,} bytes, "
+        console.print(f"[bold]{result.out}[/]: size {m['granularity']} {m['precision']}, {m['sizes']['bundle_bytes']:,} bytes, "
                       f"verified on {v['sequences']} real sequences against {v['against']} "
                       f"(max |diff| {v['max_abs_diff']:.2e}, top-10 overlap {v['top10_overlap']:.3f})")
         if "int8" in result.report:

@@ -1,10 +1,10 @@
-"""Export one granularity of a trained run to an ExecuTorch bundle (docs/bundle-format.md, format 2).
+"""Export one granularity of a trained run to an ExecuTorch bundle (docs/bundle-format.md, format 3).
 
 Pipeline: StepModel (step.py) -> torch.export(strict=False) -> [int8: pt2e dynamic per-channel
 quantisation] -> to_edge_transform_and_lower(XNNPACK) -> .pte -> locate the item table's bytes in the
 .pte -> run the .pte with the ExecuTorch runtime on real user sequences, each event's item vector read
 through the manifest's `item_table` exactly as the runtime reads it, and compare with eager -> write the
-bundle atomically.
+bundle atomically: a directory and/or the one-file NAME.fmrlb beside it, from the same bytes.
 
 The item table is stored once (docs/deploy.md, "Item table: stored once"): the program takes the observed
 item's vector as input and reads the [N, s] table only in its scoring product, whose weight XNNPACK
@@ -16,6 +16,8 @@ vector straight from the program file.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,12 +29,13 @@ import torch
 
 from .. import __version__
 from ..errors import FmrlError
-from ..fileio import atomic_directory, atomic_write_json, sha256_file
-from ..runtime.bundle import PROGRAM_FILE, ItemTable, read_item_table
+from ..fileio import atomic_directory, atomic_write_bytes, sha256_file
+from ..runtime.bundle import FILE_SUFFIX, FORMAT_VERSION, PROGRAM_FILE, ItemTable, pack_bundle_file, read_item_table
 from ..runtime.program import load_program
 from .step import StepModel
 
-FORMAT_VERSION = 2
+# FORMAT_VERSION (3) comes from runtime/bundle.py: the runtime reads exactly the version export writes
+BUNDLE_FORMATS = ("dir", "file", "both")   # --format: the directory, NAME.fmrlb beside it, or both
 PRECISIONS = ("fp32", "int8")
 # holds the item vectors only when their bytes cannot be located exactly once in the program
 SEPARATE_TABLE_FILE = "item_table.bin"
@@ -312,12 +315,17 @@ def _metrics_at(run, size: int) -> dict:
 
 def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize: str | None = None,
                   k_max: int = 100, overwrite: bool = True, verify_sequences: int = VERIFY_SEQUENCES,
-                  quality_users: int = 500, log=None, run=None, dataset=None) -> ExportResult:
+                  quality_users: int = 500, log=None, run=None, dataset=None, format: str = "both") -> ExportResult:
     """Export granularity `size` of the run in `run_dir` to the bundle folder `out_dir`.
 
     The .pte is run on real sequences before anything is written; a mismatch with eager raises
-    FmrlError and leaves `out_dir` untouched. quantize: None/"fp32" or "int8".
+    FmrlError and leaves `out_dir` untouched. quantize: None/"fp32" or "int8". format: "dir" (the bundle
+    directory `out_dir`), "file" (the one-file bundle `out_dir`.fmrlb beside it) or "both" (default), each
+    written atomically from the same bytes (`out_dir` ending in .fmrlb names the file; the directory is
+    then `out_dir` without the suffix).
     """
+    if format not in BUNDLE_FORMATS:
+        raise FmrlError(f"--format {format!r}: expected {', '.join(BUNDLE_FORMATS)}")
     log = log or (lambda msg: None)
     precision = quantize or "fp32"
     if precision not in PRECISIONS:
@@ -350,22 +358,34 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
                                       len(program.pte))
 
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        tmp.chmod(0o755)
-        for name, data in program.files.items():
-            (tmp / name).write_bytes(data)
-        atomic_write_json(tmp / "items.json", run.item_ids)
-        atomic_write_json(tmp / "cold_start.json", step.cold_start())
-        names = [*program.files, "items.json", "cold_start.json"]
-        files = {name: sha256_file(tmp / name) for name in names}
-        bundle_bytes = sum((tmp / name).stat().st_size for name in files)
-        manifest = manifest_for(run, profile, size, precision, step, program, verification,
-                                bundle_bytes, files, report)
-        atomic_write_json(tmp / "manifest.json", manifest)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-    log(f"bundle written to {out_dir} ({bundle_bytes:,} bytes)")
-    return ExportResult(out_dir, manifest, report)
+    if out_dir.suffix == FILE_SUFFIX:
+        out_dir = out_dir.with_suffix("")
+    out_file = out_dir.with_name(out_dir.name + FILE_SUFFIX)
+    parts = {**program.files, "items.json": _json_bytes(run.item_ids), "cold_start.json": _json_bytes(step.cold_start())}
+    files = {name: hashlib.sha256(data).hexdigest() for name, data in parts.items()}
+    bundle_bytes = sum(len(data) for data in parts.values())
+    manifest = manifest_for(run, profile, size, precision, step, program, verification, bundle_bytes, files, report)
+    manifest_bytes = _json_bytes(manifest)   # stored as is in both forms: the fingerprint is computed over them
+    targets = {"dir": [out_dir], "file": [out_file], "both": [out_dir, out_file]}[format]
+    existing = [target for target in targets if target.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists")
+    if format in ("file", "both"):
+        atomic_write_bytes(out_file, pack_bundle_file(manifest_bytes, parts))
+    if format in ("dir", "both"):
+        with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+            tmp.chmod(0o755)
+            for name, data in {**parts, "manifest.json": manifest_bytes}.items():
+                (tmp / name).write_bytes(data)
+                (tmp / name).chmod(0o644)
+    written = {"dir": str(out_dir), "file": str(out_file), "both": f"{out_dir} and {out_file}"}[format]
+    log(f"bundle written to {written} ({bundle_bytes:,} bytes)")
+    return ExportResult(out_dir if format != "file" else out_file, manifest, report)
+
+
+def _json_bytes(obj) -> bytes:
+    """A bundle's JSON file as export stores it (indented, key order kept, final newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
 
 def block_weight_bytes(step: StepModel) -> int:

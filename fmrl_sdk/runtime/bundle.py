@@ -1,12 +1,15 @@
-"""Reading and verifying a bundle directory (docs/bundle-format.md). No torch, no ExecuTorch here: numpy
-and the standard library only."""
+"""Reading and verifying a bundle (docs/bundle-format.md, format 3): a directory, a one-file `.fmrlb`
+(opened by path, by fd + offset + length, or from a buffer; memory-mapped, the item table is a view into
+the mapping). No torch, no ExecuTorch here: numpy and the standard library only."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +19,33 @@ from .. import __version__
 from ..errors import FmrlError
 from ..fileio import contained_path
 
-SUPPORTED_FORMAT_VERSIONS = (2,)
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
 PROGRAM_FILE = "model.pte"
 REQUIRED_FILES = (PROGRAM_FILE, "items.json", "cold_start.json")
 MANIFEST = "manifest.json"
+FINGERPRINT_PREFIX = b"fmrl-bundle-v3\0"
+
+# ---- Limits: the one place in this runtime. The C runtime has the same values, and the same messages, in
+# fmrl_sdk/runtime/cpp/src/bundle.cpp (namespace `limits`); tests/test_bundle_format.py checks that both
+# accept and refuse tests/golden/edge_manifests.json identically. The session header (recommender.py
+# _HEADER) stores rows (2 * num_blocks), granularity and k_max as uint16 and item indices as int32.
+MAX_GRANULARITY = 65535
+MAX_K_MAX = 65535
+MAX_BLOCKS = 1024                 # 2 * MAX_BLOCKS <= 65535 state rows
+MAX_NUM_ITEMS = (1 << 31) - 1
+
+# ---- One-file bundle (NAME.fmrlb), container version 1: magic, u32 LE version, u32 LE entry count, then
+# count entries of 64 bytes (u64 LE offset, u64 LE size, 48-byte NUL-padded UTF-8 name), then the parts,
+# each at a multiple of 64 bytes. Same layout and checks in cpp/src/bundle.cpp.
+FILE_SUFFIX = ".fmrlb"
+FILE_MAGIC = b"FMRLBNDL"
+FILE_VERSION = 1
+FILE_ALIGN = 64
+FILE_MAX_ENTRIES = 64
+FILE_NAME_BYTES = 48
+_FILE_HEAD = struct.Struct("<8sII")
+_FILE_ENTRY = struct.Struct("<QQ48s")
 
 
 @dataclass
@@ -31,9 +57,10 @@ class Bundle:
     manifest: dict
     item_ids: list[str]
     cold_start: dict
-    program: bytes = field(repr=False)
+    program: bytes | memoryview = field(repr=False)   # a view into a one-file bundle's bytes
     item_table: ItemTable | None = field(default=None, repr=False)
     fingerprint: bytes = b""           # 16 bytes, identifies the bundle's files (see `bundle_fingerprint`)
+    mapping: object = field(default=None, repr=False)   # the mmap a one-file bundle's views point into
 
     @property
     def granularity(self) -> int:
@@ -126,19 +153,17 @@ def read_item_table(entry, contents: dict, num_items: int, granularity: int, whe
     return ItemTable(flat.reshape(num_items, granularity), scales)
 
 
-def bundle_fingerprint(manifest: dict) -> bytes:
-    """16 bytes: sha256 of the manifest's file hashes (program, items, cold start), so a session state
-    saved with one bundle is refused by any bundle whose files differ."""
-    files = json.dumps(manifest.get("files", {}), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"fmrl-bundle\0{files}".encode()).digest()[:16]
+def bundle_fingerprint(manifest_bytes) -> bytes:
+    """16 bytes: sha256(b"fmrl-bundle-v3\\0" + manifest.json's bytes as stored)[:16]. The manifest lists the
+    sha256 of every other file, so a session state saved with one bundle is refused by any bundle whose
+    files or manifest fields differ. The C runtime computes it from the same bytes (cpp/src/bundle.cpp)."""
+    return hashlib.sha256(FINGERPRINT_PREFIX + bytes(manifest_bytes)).digest()[:16]
 
 
 # A release "1.5.1", optionally a PEP 440 pre/post/dev suffix ("1.5.1rc1", "1.5.1.dev20260101") and a
 # local part ("+cpu"). Anything else ("v99.0.0", "latest", "") is refused, never read as ().
 _VERSION = re.compile(r"(\d+(?:\.\d+)*)(?:(?:a|b|rc|\.post|\.dev)\d*)*(?:\+[0-9A-Za-z.]+)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_GRANULARITY = 1 << 16
-MAX_BLOCKS = 1 << 10
 
 
 def _version_tuple(text) -> tuple[int, ...] | None:
@@ -157,10 +182,10 @@ def installed_executorch_version() -> str | None:
         return None
 
 
-def read_json_bytes(data: bytes, where: str, what: str):
+def read_json_bytes(data, where: str, what: str):
     """Decode JSON bytes (UTF-8, BOM allowed); any failure, nesting too deep included, is an FmrlError."""
     try:
-        return json.loads(data.decode("utf-8-sig"))
+        return json.loads(bytes(data).decode("utf-8-sig"))
     except json.JSONDecodeError as e:
         raise FmrlError(f"{where}:{e.lineno}: invalid JSON in {what} ({e.msg})") from None
     except UnicodeDecodeError:
@@ -196,15 +221,15 @@ def _check_int(manifest: dict, key: str, low: int, high: int, where: Path) -> in
 
 
 def check_manifest(manifest, where: Path) -> None:
-    """Schema of a version-2 manifest (docs/bundle-format.md): every value the runtime uses has the
+    """Schema of a version-3 manifest (docs/bundle-format.md): every value the runtime uses has the
     right type and range before any of it is used (the item table's offsets are checked against the
     files in `read_item_table`). Unknown extra keys are allowed."""
     if not isinstance(manifest, dict):
         raise FmrlError(f"{where}: expected a JSON object")
     version = manifest.get("format_version")
-    if _is_int(version) and version == 1:
-        raise FmrlError(f"{where}: format_version 1: the program takes item indices, this runtime feeds item "
-                        f"vectors (format 2); re-export the bundle with fmrl-sdk >= {__version__}")
+    if _is_int(version) and 1 <= version < FORMAT_VERSION:
+        raise FmrlError(f"{where}: format_version {version}: written by an older fmrl-sdk; re-export the bundle "
+                        f"with fmrl-sdk export (format {FORMAT_VERSION})")
     if not _is_int(version) or version not in SUPPORTED_FORMAT_VERSIONS:
         raise FmrlError(f"{where}: unsupported format_version {version!r} "
                         f"(this runtime reads {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); "
@@ -214,9 +239,9 @@ def check_manifest(manifest, where: Path) -> None:
             raise FmrlError(f"{where}: missing key {key!r}")
     granularity = _check_int(manifest, "granularity", 1, MAX_GRANULARITY, where)
     blocks = _check_int(manifest, "num_blocks", 1, MAX_BLOCKS, where)
-    _check_int(manifest, "k_max", 1, 1 << 31, where)
+    _check_int(manifest, "k_max", 1, MAX_K_MAX, where)
     if "num_items" in manifest:
-        _check_int(manifest, "num_items", 1, (1 << 31) - 1, where)
+        _check_int(manifest, "num_items", 1, MAX_NUM_ITEMS, where)
         if manifest["k_max"] > manifest["num_items"]:
             raise FmrlError(f"{where}: k_max {manifest['k_max']} exceeds num_items {manifest['num_items']}")
     state = manifest["state"]
@@ -273,26 +298,177 @@ def check_cold_start(cold, num_items: int, k_max: int, granularity: int, where: 
 
 
 def load_bundle(path: str | Path, check_executorch_version: bool = True) -> Bundle:
-    """Read a bundle and refuse it unless every check passes.
+    """Read a bundle, a directory or a one-file `.fmrlb`, and refuse it unless every check passes.
 
     Checks: the manifest is a JSON object whose values have the documented types and ranges
     (`check_manifest`); every file listed under `files` is a regular file inside the bundle folder (no
-    symbolic links, nothing outside) and matches its sha256 (the program is hashed from the very bytes
-    that will be loaded, so a file swapped after the check cannot slip in); the required files are
-    listed; items.json and cold_start.json agree with the manifest and hold valid values; the exporting
-    ExecuTorch is not newer than the installed one.
+    symbolic links, nothing outside), or a part of the one-file bundle, and matches its sha256 (the program
+    is hashed from the very bytes that will be loaded, so a file swapped after the check cannot slip in);
+    the required files are listed; items.json and cold_start.json agree with the manifest and hold valid
+    values; the exporting ExecuTorch is not newer than the installed one.
     """
     path = Path(path)
+    if path.is_file():
+        return load_bundle_fd(None, 0, None, check_executorch_version, where=path)
     if not path.is_dir():
         raise FmrlError(f"{path}: bundle directory not found")
     manifest_path = path / MANIFEST
     if not manifest_path.exists() and not manifest_path.is_symlink():
         raise FmrlError(f"{path}: not a bundle (no {MANIFEST}); the export may be partial")
-    manifest = read_json_bytes(_read_contained(path, MANIFEST, manifest_path), str(manifest_path), "the manifest")
+    manifest_bytes = _read_contained(path, MANIFEST, manifest_path)
+    return _verify(path, manifest_bytes, lambda name: _read_contained(path, name, manifest_path),
+                   check_executorch_version)
+
+
+def load_bundle_fd(fd: int | None, offset: int, length: int | None, check_executorch_version: bool = True,
+                   where: str | Path | None = None) -> Bundle:
+    """A one-file bundle at [offset, offset + length) of the open file `fd` (what Android's asset manager
+    hands out), or the whole file `where` when fd is None. The containing pages are memory-mapped
+    read-only; the item table is a view into the mapping."""
+    owned = fd is None
+    if owned:
+        try:  # O_NOFOLLOW: the path was checked to be a file; a link swapped in is refused
+            fd = os.open(where, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            raise FmrlError(f"{where}: cannot read ({e.strerror})") from None
+    try:
+        try:
+            size = os.fstat(fd).st_size
+        except (OSError, TypeError, ValueError, OverflowError):
+            raise FmrlError(f"fd {fd!r}: not an open file descriptor") from None
+        if owned:
+            length = size
+        else:
+            where = f"fd {fd} [{offset}, +{length}]"
+            if not (_is_int(offset) and _is_int(length)) or offset < 0 or length < 0 or offset + length > size:
+                raise FmrlError(f"{where}: offset {offset} + length {length} lies outside the file ({size} bytes)")
+        if length < _FILE_HEAD.size:
+            raise FmrlError(f"{where}: not a one-file bundle (bad magic or too short: {length} bytes)")
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(fd, offset - start + length, access=mmap.ACCESS_READ, offset=start)
+        except (OSError, ValueError) as e:
+            raise FmrlError(f"{where}: cannot map the file ({e})") from None
+    finally:
+        if owned:
+            os.close(fd)
+    view = memoryview(mapping)[offset - start:offset - start + length]
+    return load_bundle_bytes(view, check_executorch_version, where=where, mapping=mapping)
+
+
+def load_bundle_bytes(buffer, check_executorch_version: bool = True, where: str | Path = "<buffer>",
+                      mapping=None) -> Bundle:
+    """A one-file bundle held in `buffer` (bytes, bytearray, memoryview, mmap...). Used in place when it is a
+    contiguous buffer (the item table is a view into it): the caller must not change it afterwards."""
+    try:
+        view = memoryview(buffer)
+    except TypeError:
+        raise FmrlError(f"{where}: expected bytes, bytearray or memoryview, got {type(buffer).__name__}") from None
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    parts = read_container(view, where)
+    manifest_where = Path(where) / MANIFEST
+    names = set(parts) - {MANIFEST}
+
+    def part(name: str):
+        if name not in parts:
+            raise FmrlError(f"{manifest_where}: {name} is listed in the manifest but not in the bundle file")
+        return parts[name]
+
+    def check_names(manifest: dict) -> None:
+        extra = sorted(names - set(manifest["files"]))
+        if extra:
+            raise FmrlError(f"{where}: the bundle file holds {', '.join(extra)}, not listed in the manifest")
+
+    bundle = _verify(Path(where), parts[MANIFEST], part, check_executorch_version, check_names)
+    bundle.mapping = mapping if mapping is not None else buffer
+    return bundle
+
+
+def pack_bundle_file(manifest_bytes: bytes, files: dict) -> bytes:
+    """The one-file bundle of manifest.json (`manifest_bytes`, stored as is: the fingerprint is computed
+    over them) and the manifest's `files` {name: bytes}: header, index, then every part at a multiple of
+    FILE_ALIGN bytes (zero padding), manifest.json first, the others in the order given."""
+    parts = [(MANIFEST, bytes(manifest_bytes)), *((name, bytes(data)) for name, data in files.items())]
+    if len(parts) > FILE_MAX_ENTRIES:
+        raise FmrlError(f"a bundle file holds at most {FILE_MAX_ENTRIES} parts, got {len(parts)}")
+
+    def aligned(n: int) -> int:
+        return -(-n // FILE_ALIGN) * FILE_ALIGN
+
+    offset = aligned(_FILE_HEAD.size + len(parts) * _FILE_ENTRY.size)
+    index, layout = [], []
+    for name, data in parts:
+        encoded = name.encode("utf-8")
+        if not encoded or len(encoded) > FILE_NAME_BYTES or b"\0" in encoded or "/" in name or ".." in name:
+            raise FmrlError(f"bundle file part name {name!r}: 1..{FILE_NAME_BYTES} UTF-8 bytes, no NUL, '/' or '..'")
+        index.append(_FILE_ENTRY.pack(offset, len(data), encoded))
+        layout.append((offset, data))
+        offset = aligned(offset + len(data))
+    out = bytearray(layout[-1][0] + len(layout[-1][1]))
+    out[:_FILE_HEAD.size] = _FILE_HEAD.pack(FILE_MAGIC, FILE_VERSION, len(parts))
+    out[_FILE_HEAD.size:_FILE_HEAD.size + len(index) * _FILE_ENTRY.size] = b"".join(index)
+    for at, data in layout:
+        out[at:at + len(data)] = data
+    return bytes(out)
+
+
+def read_container(data: memoryview, where) -> dict:
+    """The parts of a one-file bundle {name: memoryview}, manifest.json first, after checking the header
+    and every index entry (docs/bundle-format.md). cpp/src/bundle.cpp read_container: same checks, same
+    messages."""
+    size = len(data)
+    if size < _FILE_HEAD.size or bytes(data[:len(FILE_MAGIC)]) != FILE_MAGIC:
+        raise FmrlError(f"{where}: not a one-file bundle (bad magic or too short: {size} bytes)")
+    _, version, count = _FILE_HEAD.unpack_from(data, 0)
+    if version != FILE_VERSION:
+        raise FmrlError(f"{where}: bundle file container version {version}; this runtime reads {FILE_VERSION}")
+    if not 1 <= count <= FILE_MAX_ENTRIES:
+        raise FmrlError(f"{where}: the bundle file lists {count} entries (expected 1..{FILE_MAX_ENTRIES})")
+    index_end = _FILE_HEAD.size + count * _FILE_ENTRY.size
+    if index_end > size:
+        raise FmrlError(f"{where}: truncated bundle file ({size} bytes; its index needs {index_end})")
+    parts, spans = {}, []
+    for i in range(count):
+        offset, length, raw = _FILE_ENTRY.unpack_from(data, _FILE_HEAD.size + i * _FILE_ENTRY.size)
+        name_bytes = raw.rstrip(b"\0")
+        try:
+            name = name_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            name = None
+        if not name or b"\0" in name_bytes or "/" in name or ".." in name:
+            raise FmrlError(f"{where}: entry {i}: bad name (expected non-empty UTF-8 without NUL, '/' or '..')")
+        if name in parts:
+            raise FmrlError(f"{where}: entry {i}: {name} appears twice")
+        if offset % FILE_ALIGN or offset < index_end:
+            raise FmrlError(f"{where}: entry {i} ({name}): offset {offset} is not a multiple of {FILE_ALIGN} "
+                            f"after the index ({index_end} bytes)")
+        if offset > size or length > size - offset:
+            raise FmrlError(f"{where}: entry {i} ({name}): {length} bytes at offset {offset} lie outside the "
+                            f"file ({size} bytes; truncated?)")
+        parts[name] = data[offset:offset + length]
+        spans.append((offset, length, name))
+    if spans[0][2] != MANIFEST:
+        raise FmrlError(f"{where}: the first entry is {spans[0][2]}, expected {MANIFEST}")
+    spans.sort()
+    for (a, a_len, a_name), (b, _, b_name) in zip(spans, spans[1:]):
+        if a + a_len > b:
+            raise FmrlError(f"{where}: parts {a_name} and {b_name} overlap")
+    return parts
+
+
+def _verify(path: Path, manifest_bytes, read_file, check_executorch_version: bool, check_names=None) -> Bundle:
+    """The checks every form of bundle gets: `manifest_bytes` is manifest.json as stored, `read_file(name)`
+    the bytes (or a buffer) of a listed file."""
+    manifest_path = path / MANIFEST
+    manifest = read_json_bytes(manifest_bytes, str(manifest_path), "the manifest")
     check_manifest(manifest, manifest_path)
-    contents: dict[str, bytes] = {}
+    if check_names is not None:
+        check_names(manifest)
+    contents: dict = {}
     for name, expected in manifest["files"].items():
-        data = _read_contained(path, name, manifest_path)
+        data = read_file(name)
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected.lower():
             raise FmrlError(f"{path / name}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...); "
@@ -320,8 +496,10 @@ def load_bundle(path: str | Path, check_executorch_version: bool = True) -> Bund
     cold = read_json_bytes(contents["cold_start.json"], str(cold_path), "cold_start.json")
     check_cold_start(cold, len(item_ids), manifest["k_max"], manifest["granularity"], cold_path)
     table = read_item_table(manifest["item_table"], contents, len(item_ids), manifest["granularity"], manifest_path)
-    return Bundle(path=path, manifest=manifest, item_ids=item_ids, cold_start=cold,
-                  program=contents[PROGRAM_FILE], item_table=table, fingerprint=bundle_fingerprint(manifest))
+    # a one-file bundle's program stays a view too, until program.load_program (the one loader) hands it
+    # to ExecuTorch
+    return Bundle(path=path, manifest=manifest, item_ids=item_ids, cold_start=cold, program=contents[PROGRAM_FILE],
+                  item_table=table, fingerprint=bundle_fingerprint(manifest_bytes))
 
 
 def newest_bundle(root: str | Path = "bundles") -> Path:

@@ -3,7 +3,7 @@
 An engine is any object with
     step(x: np.ndarray[float32, (s,)], state: np.ndarray[float32, (rows, s)]) ->
         (scores f32 [k_max], indices i64 [k_max], new_state f32 [rows, s], hidden f32 [s])
-(x: the observed item's vector, bundle format 2) and a `close()`. `PteEngine` is the real one; tests
+(x: the observed item's vector, bundle formats 2 and 3) and a `close()`. `PteEngine` is the real one; tests
 may pass any object with that signature.
 Programs are loaded by `program.load_program` (the one loader; see program.py for the fast start-up).
 """
@@ -25,7 +25,7 @@ class PteEngine:
     the call (inputs in, outputs copied out). Sessions of different threads may share the engine.
     """
 
-    def __init__(self, program: bytes, method: str, state_shape: tuple[int, int], k_max: int,
+    def __init__(self, program: bytes | memoryview, method: str, state_shape: tuple[int, int], k_max: int,
                  num_items: int, threads: int | None = None):
         import torch
 

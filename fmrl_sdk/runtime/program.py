@@ -69,12 +69,17 @@ class LoadedProgram:
         self._keep_alive = ()
 
 
-def load_program(program: bytes | str | Path, method: str = "forward", trusted: bool = False) -> LoadedProgram:
-    """Load `method` of a .pte (bytes, or a path to read) with the fastest loader available. The program
+def load_program(program: bytes | bytearray | memoryview | str | Path, method: str = "forward",
+                 trusted: bool = False) -> LoadedProgram:
+    """Load `method` of a .pte (bytes, a buffer such as a one-file bundle's memory-mapped part, or a path to
+    read) with the fastest loader available. ExecuTorch's Python binding takes `bytes` only, so a buffer is
+    copied once, here (the C runtime loads a mapped program in place). The program
     is first loaded and run once in a helper process (program_check.py): one that makes ExecuTorch abort
     is an FmrlError here instead of the end of this process. trusted=True skips that check, for programs
     this process has just lowered itself (export verification, profiles, benchmarks)."""
-    if not isinstance(program, bytes):
+    if isinstance(program, (bytearray, memoryview)):
+        program = bytes(program)
+    elif not isinstance(program, bytes):
         path = Path(program)
         try:
             program = path.read_bytes()

@@ -1,6 +1,6 @@
 """Recommender (one opened bundle) and Session (one user's constant-size state).
 
-    rec = Recommender.open("bundles/phone-lowmem")
+    rec = Recommender.open("bundles/phone-lowmem")   # or "bundles/phone-lowmem.fmrlb", open_fd, open_bytes
     session = rec.new_session()
     session.observe("B0030HKJ8I")                  # external item id
     session.recommend(k=10)                         # [(item_id, score), ...], best first
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from . import seen
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, load_bundle, load_bundle_bytes, load_bundle_fd
 
 STATE_MAGIC = b"FMRS"
 STATE_VERSION = 2   # 2: the last counter counts observed items added after export (was: seen-only events)
@@ -115,7 +115,8 @@ class Recommender:
     def open(cls, path: str | Path, *, on_unknown: str = "skip", exclude_seen: bool = False,
              bloom_bits: int = seen.DEFAULT_BITS, bloom_hashes: int = seen.DEFAULT_HASHES,
              engine=None, check_executorch_version: bool = True, threads: int | None = None) -> "Recommender":
-        """Verify the bundle at `path` (format version, sha256 of every file) and load its program.
+        """Verify the bundle at `path`, a bundle directory or a one-file .fmrlb (format version, sha256 of
+        every file), and load its program. A .fmrlb is memory-mapped (the item table is read in place).
 
         on_unknown: what `Session.observe` does with an item id the bundle does not know:
         'skip' (count it in `session.unknown`) or 'raise' (FmrlError).
@@ -126,13 +127,39 @@ class Recommender:
         on a busy CPU (docs/runtime.md).
         """
         bundle = load_bundle(path, check_executorch_version=check_executorch_version)
+        return cls._opened(bundle, engine, threads, on_unknown=on_unknown, exclude_seen=exclude_seen,
+                           bloom_bits=bloom_bits, bloom_hashes=bloom_hashes)
+
+    @classmethod
+    def open_fd(cls, fd: int, offset: int, length: int, *, on_unknown: str = "skip", exclude_seen: bool = False,
+                bloom_bits: int = seen.DEFAULT_BITS, bloom_hashes: int = seen.DEFAULT_HASHES, engine=None,
+                check_executorch_version: bool = True, threads: int | None = None) -> "Recommender":
+        """A one-file bundle (.fmrlb) stored at [offset, offset + length) of the open file `fd`, as Android's
+        asset manager hands it out (AssetFileDescriptor). The pages holding it are memory-mapped read-only;
+        `fd` may be closed afterwards. Other arguments as `open`."""
+        bundle = load_bundle_fd(fd, offset, length, check_executorch_version)
+        return cls._opened(bundle, engine, threads, on_unknown=on_unknown, exclude_seen=exclude_seen,
+                           bloom_bits=bloom_bits, bloom_hashes=bloom_hashes)
+
+    @classmethod
+    def open_bytes(cls, buffer, *, on_unknown: str = "skip", exclude_seen: bool = False,
+                   bloom_bits: int = seen.DEFAULT_BITS, bloom_hashes: int = seen.DEFAULT_HASHES, engine=None,
+                   check_executorch_version: bool = True, threads: int | None = None) -> "Recommender":
+        """A one-file bundle (.fmrlb) held in memory (bytes, bytearray, memoryview). A contiguous buffer is
+        used in place (the item table is a view into it): keep it unchanged while the Recommender lives.
+        Other arguments as `open`."""
+        bundle = load_bundle_bytes(buffer, check_executorch_version)
+        return cls._opened(bundle, engine, threads, on_unknown=on_unknown, exclude_seen=exclude_seen,
+                           bloom_bits=bloom_bits, bloom_hashes=bloom_hashes)
+
+    @classmethod
+    def _opened(cls, bundle: Bundle, engine, threads, **options) -> "Recommender":
         if engine is None:
             from .engine import PteEngine
 
             engine = PteEngine(bundle.program, bundle.method, bundle.state_shape, bundle.k_max,
                                bundle.num_items, threads=threads)
-        return cls(bundle, engine, on_unknown=on_unknown, exclude_seen=exclude_seen,
-                   bloom_bits=bloom_bits, bloom_hashes=bloom_hashes)
+        return cls(bundle, engine, **options)
 
     def close(self) -> None:
         if hasattr(self.engine, "close"):

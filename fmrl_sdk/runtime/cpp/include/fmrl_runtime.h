@@ -1,6 +1,7 @@
 /* fmrl_runtime: the fmrl-sdk app runtime as a C library (the C counterpart of fmrl_sdk.runtime).
  *
- * Opens a bundle (docs/bundle-format.md, format_version 2) with the same checks as the Python runtime,
+ * Opens a bundle (docs/bundle-format.md, format_version 3: a directory or a one-file .fmrlb, by path, by
+ * fd + offset + length, or from memory) with the same checks and messages as the Python runtime,
  * runs its ExecuTorch program one event at a time, and keeps one constant-size session per user whose
  * bytes are interchangeable with Python's `Session.to_bytes()` / `Recommender.restore()`.
  *
@@ -126,10 +127,24 @@ FMRL_API int fmrl_thread_count(void);
  * [sizeof(size_t), 4096]. Call it through the macro, which passes the caller's sizeof. */
 FMRL_API fmrl_status fmrl_open_options_init_size(fmrl_open_options* options, size_t struct_size);
 #define fmrl_open_options_init(options) fmrl_open_options_init_size((options), sizeof *(options))
-/* Verify the bundle directory (format, sha256 of every file, shapes) and load its program.
- * options may be NULL (defaults); options->struct_size below sizeof(size_t) or above 4096 (an options
- * struct from before struct_size existed) is refused with FMRL_ERR_ARGUMENT. */
-FMRL_API fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, fmrl_recommender** out);
+/* Verify a bundle (format, sha256 of every file, shapes) and load its program. bundle_path is a bundle
+ * directory or a one-file bundle (NAME.fmrlb, memory-mapped read-only: the program and the item table are
+ * used in place). options may be NULL (defaults); options->struct_size below sizeof(size_t) or above 4096
+ * (an options struct from before struct_size existed) is refused with FMRL_ERR_ARGUMENT. Bundles of
+ * format_version 1 and 2 are refused (FMRL_ERR_BUNDLE, "re-export the bundle with fmrl-sdk export"). */
+FMRL_API fmrl_status fmrl_open(const char* bundle_path, const fmrl_open_options* options, fmrl_recommender** out);
+/* A one-file bundle stored at [offset, offset + length) of the open file fd: what Android's asset manager
+ * hands out for an uncompressed asset (AAsset_openFileDescriptor64, AssetFileDescriptor). The pages holding
+ * it are mapped read-only; the library does not keep or close fd (the caller may close it once this
+ * returns). A range outside the file is FMRL_ERR_BUNDLE. When offset is not a multiple of 64 the bundle is
+ * copied once (ExecuTorch wants the program 64-byte aligned); store the asset aligned to avoid that. */
+FMRL_API fmrl_status fmrl_open_fd(int fd, uint64_t offset, uint64_t length, const fmrl_open_options* options,
+                                  fmrl_recommender** out);
+/* A one-file bundle held in memory. Contract: the caller keeps the `size` bytes at `data` alive and
+ * unchanged until fmrl_close(*out); they are used in place (no copy) when data is 64-byte aligned, and
+ * copied once otherwise (then the buffer may be released once this returns). */
+FMRL_API fmrl_status fmrl_open_buffer(const void* data, size_t size, const fmrl_open_options* options,
+                                      fmrl_recommender** out);
 /* Closes rec (NULL: nothing); its sessions must be freed, and may not be used, after it. */
 FMRL_API void fmrl_close(fmrl_recommender* rec);
 

@@ -40,10 +40,23 @@ class Session;
 // One opened bundle; share it between threads (see fmrl_runtime.h).
 class Recommender {
  public:
-  explicit Recommender(const std::string& bundle_dir, const fmrl_open_options* options = nullptr) {
+  // a bundle directory or a one-file NAME.fmrlb
+  explicit Recommender(const std::string& bundle_path, const fmrl_open_options* options = nullptr) {
     fmrl_recommender* rec = nullptr;
-    check(fmrl_open(bundle_dir.c_str(), options, &rec));
+    check(fmrl_open(bundle_path.c_str(), options, &rec));
     rec_.reset(rec);
+  }
+  // a one-file bundle at [offset, offset + length) of the open file fd (an Android asset)
+  static Recommender from_fd(int fd, uint64_t offset, uint64_t length, const fmrl_open_options* options = nullptr) {
+    fmrl_recommender* rec = nullptr;
+    check(fmrl_open_fd(fd, offset, length, options, &rec));
+    return Recommender(rec);
+  }
+  // a one-file bundle in memory: keep the buffer alive and unchanged while the Recommender lives
+  static Recommender from_buffer(const void* data, size_t size, const fmrl_open_options* options = nullptr) {
+    fmrl_recommender* rec = nullptr;
+    check(fmrl_open_buffer(data, size, options, &rec));
+    return Recommender(rec);
   }
   fmrl_recommender* get() const { return rec_.get(); }
   int granularity() const { return fmrl_granularity(get()); }
@@ -61,6 +74,7 @@ class Recommender {
   }
 
  private:
+  explicit Recommender(fmrl_recommender* rec) { rec_.reset(rec); }
   struct Close {
     void operator()(fmrl_recommender* rec) const { fmrl_close(rec); }
   };

@@ -1,9 +1,14 @@
-// Reading and verifying a bundle directory: fmrl_sdk/runtime/bundle.py, check for check, message for message.
+// Reading and verifying a bundle (a directory, or a one-file .fmrlb by path, fd or buffer):
+// fmrl_sdk/runtime/bundle.py, check for check, message for message.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <functional>
 #include <regex>
+#include <tuple>
 
 #include <cerrno>
 #include <cmath>
@@ -17,10 +22,29 @@
 namespace fmrl {
 namespace {
 
-constexpr int kSupportedFormatVersion = 2;
+constexpr int kSupportedFormatVersion = 3;
 const char* const kRequiredFiles[] = {"model.pte", "items.json", "cold_start.json"};
 const char* const kManifest = "manifest.json";
-constexpr long long kMaxGranularity = 1 << 16, kMaxBlocks = 1 << 10;
+// the fingerprint: sha256(kFingerprintPrefix + manifest.json's bytes as stored)[:16], as bundle.py
+const char kFingerprintPrefix[] = "fmrl-bundle-v3";  // followed by its NUL
+
+// ---- Limits: the one place in this runtime. The Python runtime has the same values, and the same messages,
+// in fmrl_sdk/runtime/bundle.py (MAX_GRANULARITY...); tests/test_bundle_format.py checks that both accept and
+// refuse tests/golden/edge_manifests.json identically. The session header (runtime.cpp) stores rows
+// (2 * num_blocks), granularity and k_max as uint16 and item indices as int32.
+namespace limits {
+constexpr long long kMaxGranularity = 65535;
+constexpr long long kMaxKMax = 65535;
+constexpr long long kMaxBlocks = 1024;  // 2 * kMaxBlocks <= 65535 state rows
+constexpr long long kMaxNumItems = (1LL << 31) - 1;
+}  // namespace limits
+
+// ---- One-file bundle (.fmrlb), container version 1 (bundle.py FILE_*): magic, u32 LE version, u32 LE entry
+// count, count entries of 64 bytes (u64 LE offset, u64 LE size, 48-byte NUL-padded UTF-8 name), then the
+// parts, each at a multiple of 64 bytes.
+constexpr char kFileMagic[8] = {'F', 'M', 'R', 'L', 'B', 'N', 'D', 'L'};
+constexpr uint32_t kFileVersion = 1, kFileMaxEntries = 64;
+constexpr uint64_t kFileAlign = 64, kFileHead = 16, kFileEntry = 64, kFileNameBytes = 48;
 
 [[noreturn]] void refuse(const std::string& what) { throw Error(FMRL_ERR_BUNDLE, what); }
 
@@ -152,24 +176,25 @@ bool parse_version(const Json& v, std::vector<long long>& out) {
   return true;
 }
 
-// bundle.check_manifest (plus the format-2 version rule).
+// bundle.check_manifest.
 void check_manifest(const Json& m, const std::string& where) {
   if (!m.is_object()) refuse(where + ": expected a JSON object");
   const Json version = m.value("format_version", Json());
   if (!is_int(version) || version.get<long long>() != kSupportedFormatVersion) {
-    if (is_int(version) && version.get<long long>() == 1)
-      refuse(where + ": format_version 1: the program takes item indices, this runtime feeds item vectors "
-             "(format 2); re-export the bundle with fmrl-sdk >= " + fmrl_version());
+    if (is_int(version) && version.is_number_unsigned() && version.get<unsigned long long>() >= 1 &&
+        version.get<unsigned long long>() < kSupportedFormatVersion)
+      refuse(where + ": format_version " + py_repr(version) + ": written by an older fmrl-sdk; re-export the bundle "
+             "with fmrl-sdk export (format " + std::to_string(kSupportedFormatVersion) + ")");
     refuse(where + ": unsupported format_version " + py_repr(version) + " (this runtime reads " +
            std::to_string(kSupportedFormatVersion) + "); upgrade fmrl-sdk or re-export the bundle");
   }
   for (const char* key : {"granularity", "num_blocks", "k_max", "state", "files", "item_table"})
     if (!m.contains(key)) refuse(where + ": missing key " + py_repr_str(key));
-  const long long granularity = check_int(m, "granularity", 1, kMaxGranularity, where);
-  const long long blocks = check_int(m, "num_blocks", 1, kMaxBlocks, where);
-  check_int(m, "k_max", 1, 1LL << 31, where);
+  const long long granularity = check_int(m, "granularity", 1, limits::kMaxGranularity, where);
+  const long long blocks = check_int(m, "num_blocks", 1, limits::kMaxBlocks, where);
+  check_int(m, "k_max", 1, limits::kMaxKMax, where);
   if (m.contains("num_items")) {
-    check_int(m, "num_items", 1, (1LL << 31) - 1, where);
+    check_int(m, "num_items", 1, limits::kMaxNumItems, where);
     if (m["k_max"].get<long long>() > m["num_items"].get<long long>())
       refuse(where + ": k_max " + py_repr(m["k_max"]) + " exceeds num_items " + py_repr(m["num_items"]));
   }
@@ -244,7 +269,7 @@ const uint8_t* table_part(const Json& entry, const char* what, size_t count,
   return blob->data() + offset.get<long long>();
 }
 
-// bundle.read_item_table: the format-2 item table, viewed in the bundle's bytes.
+// bundle.read_item_table: the item table, viewed in the bundle's bytes.
 ItemTable item_table(const Json& entry, const std::unordered_map<std::string, std::shared_ptr<Blob>>& contents,
                      int64_t items, int32_t size, const std::string& where) {
   if (!entry.is_object() || !entry.contains("rows") || !entry.contains("cols") || !entry.contains("scales"))
@@ -275,44 +300,98 @@ ItemTable item_table(const Json& entry, const std::unordered_map<std::string, st
   return table;
 }
 
-}  // namespace
-
-Blob::Blob(size_t size) : size_(size) {
-  const size_t rounded = (size + 63) / 64 * 64;
-  data_ = static_cast<uint8_t*>(std::aligned_alloc(64, rounded ? rounded : 64));
-  if (!data_) throw std::bad_alloc();
-}
-Blob::~Blob() { std::free(data_); }
-
-void ItemTable::row(int64_t index, float* out) const {
-  const size_t offset = static_cast<size_t>(index - 1) * cols;
-  if (!int8) {
-    std::memcpy(out, rows + offset * 4, static_cast<size_t>(cols) * 4);  // little-endian hosts only
-    return;
+// bundle.read_container: the parts of a one-file bundle {name: part of `whole`}, after checking the header
+// and every index entry. `order` receives the names in index order (manifest.json first).
+std::unordered_map<std::string, std::shared_ptr<Blob>> read_container(const std::shared_ptr<const Blob>& whole,
+                                                                      const std::string& where) {
+  const uint8_t* data = whole->data();
+  const uint64_t size = whole->size();
+  if (size < kFileHead || std::memcmp(data, kFileMagic, 8) != 0)
+    refuse(where + ": not a one-file bundle (bad magic or too short: " + std::to_string(size) + " bytes)");
+  uint32_t version, count;
+  std::memcpy(&version, data + 8, 4);  // little-endian hosts
+  std::memcpy(&count, data + 12, 4);
+  if (version != kFileVersion)
+    refuse(where + ": bundle file container version " + std::to_string(version) + "; this runtime reads " +
+           std::to_string(kFileVersion));
+  if (count < 1 || count > kFileMaxEntries)
+    refuse(where + ": the bundle file lists " + std::to_string(count) + " entries (expected 1.." +
+           std::to_string(kFileMaxEntries) + ")");
+  const uint64_t index_end = kFileHead + count * kFileEntry;
+  if (index_end > size)
+    refuse(where + ": truncated bundle file (" + std::to_string(size) + " bytes; its index needs " +
+           std::to_string(index_end) + ")");
+  std::unordered_map<std::string, std::shared_ptr<Blob>> parts;
+  struct Span {
+    uint64_t offset, length;
+    std::string name;
+  };
+  std::vector<Span> spans;
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint8_t* entry = data + kFileHead + i * kFileEntry;
+    uint64_t offset, length;
+    std::memcpy(&offset, entry, 8);
+    std::memcpy(&length, entry + 8, 8);
+    const char* raw = reinterpret_cast<const char*>(entry + 16);
+    size_t end = kFileNameBytes;
+    while (end > 0 && raw[end - 1] == '\0') --end;  // NUL padding
+    const std::string name(raw, end);
+    bool utf8 = true;
+    try {
+      (void)Json(name).dump();  // throws on invalid UTF-8, as bytes.decode("utf-8")
+    } catch (const Json::type_error&) {
+      utf8 = false;
+    }
+    if (name.empty() || !utf8 || name.find('\0') != std::string::npos || name.find('/') != std::string::npos ||
+        name.find("..") != std::string::npos)
+      refuse(where + ": entry " + std::to_string(i) +
+             ": bad name (expected non-empty UTF-8 without NUL, '/' or '..')");
+    if (parts.count(name)) refuse(where + ": entry " + std::to_string(i) + ": " + name + " appears twice");
+    if (offset % kFileAlign || offset < index_end)
+      refuse(where + ": entry " + std::to_string(i) + " (" + name + "): offset " + std::to_string(offset) +
+             " is not a multiple of " + std::to_string(kFileAlign) + " after the index (" +
+             std::to_string(index_end) + " bytes)");
+    if (offset > size || length > size - offset)
+      refuse(where + ": entry " + std::to_string(i) + " (" + name + "): " + std::to_string(length) +
+             " bytes at offset " + std::to_string(offset) + " lie outside the file (" + std::to_string(size) +
+             " bytes; truncated?)");
+    parts[name] = std::make_shared<Blob>(whole, static_cast<size_t>(offset), static_cast<size_t>(length));
+    spans.push_back({offset, length, name});
   }
-  float scale;
-  std::memcpy(&scale, reinterpret_cast<const uint8_t*>(scales) + static_cast<size_t>(index - 1) * 4, 4);
-  const int8_t* q = reinterpret_cast<const int8_t*>(rows) + offset;
-  for (int32_t j = 0; j < cols; ++j) out[j] = static_cast<float>(q[j]) * scale;
+  if (spans[0].name != kManifest)
+    refuse(where + ": the first entry is " + spans[0].name + ", expected " + kManifest);
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return std::tie(a.offset, a.length, a.name) < std::tie(b.offset, b.length, b.name);  // as Python's sort
+  });
+  for (size_t i = 1; i < spans.size(); ++i)
+    if (spans[i - 1].offset + spans[i - 1].length > spans[i].offset)
+      refuse(where + ": parts " + spans[i - 1].name + " and " + spans[i].name + " overlap");
+  return parts;
 }
 
-Bundle load_bundle(const std::string& path_arg, bool check_executorch_version) {
+std::string sha256_hex(const uint8_t* data, size_t size) {
+  std::vector<unsigned char> digest(picosha2::k_digest_size);
+  picosha2::hash256(data, data + size, digest.begin(), digest.end());
+  return picosha2::bytes_to_hex_string(digest.begin(), digest.end());
+}
+
+using ReadFile = std::function<std::shared_ptr<Blob>(const std::string& name)>;
+
+// bundle._verify: the checks every form of bundle gets. `manifest_blob` is manifest.json as stored,
+// `read_file(name)` a listed file's bytes; `check_names` (may be empty) runs after check_manifest.
+Bundle verify(const std::string& path, const Blob& manifest_blob, const ReadFile& read_file,
+              bool check_executorch_version, const std::function<void(const Json&)>& check_names) {
   Bundle b;
-  const std::string path = path_normalise(path_arg);
   b.path = path;
-  if (!is_dir(path)) refuse(path + ": bundle directory not found");
   const std::string manifest_path = path_join(path, kManifest);
-  if (!exists(manifest_path) && !is_symlink(manifest_path))
-    refuse(path + ": not a bundle (no manifest.json); the export may be partial");
-  b.manifest = read_json_bytes(*read_contained(path, Json(kManifest), manifest_path), manifest_path, "the manifest");
+  b.manifest = read_json_bytes(manifest_blob, manifest_path, "the manifest");
   const Json& m = b.manifest;
   check_manifest(m, manifest_path);
+  if (check_names) check_names(m);
   std::unordered_map<std::string, std::shared_ptr<Blob>> contents;
   for (const auto& [name, expected] : m["files"].items()) {
-    auto blob = read_contained(path, Json(name), manifest_path);
-    std::vector<unsigned char> digest(picosha2::k_digest_size);
-    picosha2::hash256(blob->data(), blob->data() + blob->size(), digest.begin(), digest.end());
-    const std::string actual = picosha2::bytes_to_hex_string(digest.begin(), digest.end());
+    auto blob = read_file(name);
+    const std::string actual = sha256_hex(blob->data(), blob->size());
     const std::string& want = expected.get_ref<const std::string&>();
     std::string lower = want;
     for (auto& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
@@ -366,11 +445,188 @@ Bundle load_bundle(const std::string& path_arg, bool check_executorch_version) {
   if (m.contains("profile") && m["profile"].is_string()) b.profile = m["profile"].get<std::string>();
   b.table = item_table(m["item_table"], contents, n, b.granularity, manifest_path);
   b.program = contents["model.pte"];
-  const std::string text = "fmrl-bundle" + std::string(1, '\0') + json_dumps_sorted(m["files"]);
+  std::vector<unsigned char> text(kFingerprintPrefix, kFingerprintPrefix + sizeof kFingerprintPrefix);  // with NUL
+  text.insert(text.end(), manifest_blob.data(), manifest_blob.data() + manifest_blob.size());
   std::vector<unsigned char> digest(picosha2::k_digest_size);
   picosha2::hash256(text.begin(), text.end(), digest.begin(), digest.end());
   std::memcpy(b.fingerprint, digest.data(), 16);
   return b;
+}
+
+// bundle.load_bundle_bytes on a Blob: the container's parts, then verify().
+Bundle load_container(std::shared_ptr<const Blob> whole, const std::string& where, bool check_executorch_version) {
+  if (reinterpret_cast<uintptr_t>(whole->data()) % kFileAlign) {
+    // parts are 64-byte aligned relative to the container; ExecuTorch wants the program aligned: one copy
+    auto copy = std::make_shared<Blob>(whole->size());
+    std::memcpy(copy->data(), whole->data(), whole->size());
+    whole = std::move(copy);
+  }
+  auto parts = read_container(whole, where);
+  const std::string manifest_where = path_join(where, kManifest);
+  auto read_part = [&](const std::string& name) {
+    const auto it = parts.find(name);
+    if (it == parts.end()) refuse(manifest_where + ": " + name + " is listed in the manifest but not in the bundle file");
+    return it->second;
+  };
+  auto check_names = [&](const Json& m) {
+    std::vector<std::string> extra;
+    for (const auto& [name, part] : parts)
+      if (name != kManifest && !m["files"].contains(name)) extra.push_back(name);
+    std::sort(extra.begin(), extra.end());  // Python's sorted(): code point order = UTF-8 byte order
+    if (extra.empty()) return;
+    std::string list;
+    for (const auto& name : extra) list += (list.empty() ? "" : ", ") + name;
+    refuse(where + ": the bundle file holds " + list + ", not listed in the manifest");
+  };
+  return verify(where, *parts.at(kManifest), read_part, check_executorch_version, check_names);
+}
+
+}  // namespace
+
+// What the Python runtime's messages are made of: repr() and str().
+namespace {
+std::string float_repr(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return Json(v).dump();  // shortest round-trip digits, like float.__repr__
+}
+}  // namespace
+
+std::string py_repr_str(std::string_view text) {
+  const bool has_single = text.find('\'') != std::string_view::npos;
+  const bool has_double = text.find('"') != std::string_view::npos;
+  const char quote = has_single && !has_double ? '"' : '\'';
+  std::string out(1, quote);
+  for (unsigned char c : text) {
+    if (c == '\\') out += "\\\\";
+    else if (c == static_cast<unsigned char>(quote)) { out += '\\'; out += static_cast<char>(c); }
+    else if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7F) { char buf[8]; std::snprintf(buf, sizeof buf, "\\x%02x", c); out += buf; }
+    else out += static_cast<char>(c);
+  }
+  out += quote;
+  return out;
+}
+
+std::string py_repr(const Json& v) {
+  if (v.is_null()) return "None";
+  if (v.is_boolean()) return v.get<bool>() ? "True" : "False";
+  if (v.is_number_float()) return float_repr(v.get<double>());
+  if (v.is_number()) return v.dump();
+  if (v.is_string()) return py_repr_str(v.get_ref<const std::string&>());
+  std::string out;
+  if (v.is_array()) {
+    out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + py_repr(v[i]);
+    return out + "]";
+  }
+  out = "{";
+  bool first = true;
+  for (const auto& [key, value] : v.items()) {
+    out += (first ? "" : ", ") + py_repr_str(key) + ": " + py_repr(value);
+    first = false;
+  }
+  return out + "}";
+}
+
+std::string py_str(const Json& v) { return v.is_string() ? v.get<std::string>() : py_repr(v); }
+
+Blob::Blob(size_t size) : size_(size) {
+  const size_t rounded = (size + 63) / 64 * 64;
+  owned_ = std::aligned_alloc(64, rounded ? rounded : 64);
+  if (!owned_) throw std::bad_alloc();
+  data_ = static_cast<uint8_t*>(owned_);
+}
+
+Blob::Blob(std::shared_ptr<const Blob> whole, size_t offset, size_t size)
+    : data_(const_cast<uint8_t*>(whole->data()) + offset), size_(size), whole_(std::move(whole)) {}
+
+std::shared_ptr<Blob> Blob::borrow(const void* data, size_t size) {
+  std::shared_ptr<Blob> blob(new Blob());
+  blob->data_ = static_cast<uint8_t*>(const_cast<void*>(data));
+  blob->size_ = size;
+  return blob;
+}
+
+std::shared_ptr<Blob> Blob::map(int fd, uint64_t offset, uint64_t size, const std::string& where) {
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset - offset % page, span = offset - start + size;
+  void* base = ::mmap(nullptr, static_cast<size_t>(span), PROT_READ, MAP_PRIVATE, fd, static_cast<off_t>(start));
+  if (base == MAP_FAILED) refuse(where + ": cannot map the file (" + std::strerror(errno) + ")");
+  std::shared_ptr<Blob> blob(new Blob());
+  blob->mapped_ = base;
+  blob->mapped_size_ = static_cast<size_t>(span);
+  blob->data_ = static_cast<uint8_t*>(base) + (offset - start);
+  blob->size_ = static_cast<size_t>(size);
+  return blob;
+}
+
+Blob::~Blob() {
+  std::free(owned_);
+  if (mapped_) ::munmap(mapped_, mapped_size_);
+}
+
+void ItemTable::row(int64_t index, float* out) const {
+  const size_t offset = static_cast<size_t>(index - 1) * cols;
+  if (!int8) {
+    std::memcpy(out, rows + offset * 4, static_cast<size_t>(cols) * 4);  // little-endian hosts only
+    return;
+  }
+  float scale;
+  std::memcpy(&scale, reinterpret_cast<const uint8_t*>(scales) + static_cast<size_t>(index - 1) * 4, 4);
+  const int8_t* q = reinterpret_cast<const int8_t*>(rows) + offset;
+  for (int32_t j = 0; j < cols; ++j) out[j] = static_cast<float>(q[j]) * scale;
+}
+
+Bundle load_bundle(const std::string& path_arg, bool check_executorch_version) {
+  const std::string path = path_normalise(path_arg);
+  if (is_file(path)) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW);  // a link swapped in after the check: refused
+    struct stat st;
+    if (fd < 0 || ::fstat(fd, &st) != 0) {
+      const int err = errno;
+      if (fd >= 0) ::close(fd);
+      refuse(path + ": cannot read (" + std::strerror(err) + ")");
+    }
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    std::shared_ptr<Blob> whole;
+    try {
+      if (size < kFileHead) refuse(path + ": not a one-file bundle (bad magic or too short: " + std::to_string(size) + " bytes)");
+      whole = Blob::map(fd, 0, size, path);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    ::close(fd);
+    return load_container(std::move(whole), path, check_executorch_version);
+  }
+  if (!is_dir(path)) refuse(path + ": bundle directory not found");
+  const std::string manifest_path = path_join(path, kManifest);
+  if (!exists(manifest_path) && !is_symlink(manifest_path))
+    refuse(path + ": not a bundle (no manifest.json); the export may be partial");
+  const auto manifest = read_contained(path, Json(kManifest), manifest_path);
+  return verify(path, *manifest, [&](const std::string& name) { return read_contained(path, Json(name), manifest_path); },
+                check_executorch_version, nullptr);
+}
+
+Bundle load_bundle_fd(int fd, uint64_t offset, uint64_t length, bool check_executorch_version) {
+  struct stat st;
+  if (fd < 0 || ::fstat(fd, &st) != 0) refuse("fd " + std::to_string(fd) + ": not an open file descriptor");
+  const std::string where = "fd " + std::to_string(fd) + " [" + std::to_string(offset) + ", +" + std::to_string(length) + "]";
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (offset > size || length > size - offset)
+    refuse(where + ": offset " + std::to_string(offset) + " + length " + std::to_string(length) +
+           " lies outside the file (" + std::to_string(size) + " bytes)");
+  if (length < kFileHead)
+    refuse(where + ": not a one-file bundle (bad magic or too short: " + std::to_string(length) + " bytes)");
+  return load_container(Blob::map(fd, offset, length, where), where, check_executorch_version);
+}
+
+Bundle load_bundle_buffer(const void* data, size_t size, bool check_executorch_version) {
+  static const char empty = 0;
+  return load_container(Blob::borrow(data ? data : &empty, data ? size : 0), "<buffer>", check_executorch_version);
 }
 
 }  // namespace fmrl

@@ -29,30 +29,41 @@ struct Error : std::runtime_error {
 bool logging();
 void log_line(fmrl_log_level level, const std::string& message);
 
-// A file's bytes, 64-byte aligned (ExecuTorch reads the program's constants in place).
+// A file's bytes: an aligned buffer of our own (64 bytes: ExecuTorch reads the program's constants in
+// place), a read-only memory mapping, the caller's buffer (fmrl_open_buffer), or a part of another Blob
+// (a one-file bundle's part, which keeps the whole alive).
 class Blob {
  public:
-  explicit Blob(size_t size);
+  explicit Blob(size_t size);                                            // owned, uninitialised
+  Blob(std::shared_ptr<const Blob> whole, size_t offset, size_t size);   // a part of `whole`
+  static std::shared_ptr<Blob> borrow(const void* data, size_t size);    // not copied, not freed
+  // [offset, offset + size) of the open file fd, mapped read-only (the containing pages); the fd may be
+  // closed afterwards. Throws Error(FMRL_ERR_BUNDLE) naming `where` when mmap fails.
+  static std::shared_ptr<Blob> map(int fd, uint64_t offset, uint64_t size, const std::string& where);
   ~Blob();
   Blob(const Blob&) = delete;
   Blob& operator=(const Blob&) = delete;
-  uint8_t* data() { return data_; }
+  uint8_t* data() { return data_; }  // write only into an owned Blob
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
 
  private:
-  uint8_t* data_;
-  size_t size_;
+  Blob() = default;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  void* owned_ = nullptr;                 // aligned_alloc
+  void* mapped_ = nullptr;                // mmap
+  size_t mapped_size_ = 0;
+  std::shared_ptr<const Blob> whole_;     // a part keeps its whole alive
 };
 
-// Python-compatible renderings used in messages and in the bundle fingerprint.
+// Python-compatible renderings used in messages (bundle.cpp), so that both runtimes word them alike.
 std::string py_repr(const Json& value);              // repr() of a decoded JSON value
 std::string py_str(const Json& value);               // str() of it
 std::string py_repr_str(std::string_view text);      // repr() of a str
-std::string json_dumps_sorted(const Json& object);   // json.dumps(obj, sort_keys=True, separators=(",", ":"))
-uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0);  // zlib.crc32
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0);  // zlib.crc32 (runtime.cpp)
 
-// The item table of a format-2 bundle: vector of internal index i (1..N) = row i - 1.
+// The item table of a bundle (formats 2 and 3): vector of internal index i (1..N) = row i - 1.
 struct ItemTable {
   std::shared_ptr<const Blob> file, scales_file;  // keep the bytes alive
   const uint8_t* rows = nullptr;                  // first row
@@ -76,8 +87,13 @@ struct Bundle {
   std::string method = "forward", profile;
 };
 
-// load_bundle of fmrl_sdk/runtime/bundle.py (plus the format-2 item table checks).
+// load_bundle of fmrl_sdk/runtime/bundle.py: a bundle directory or a one-file .fmrlb (memory-mapped).
 Bundle load_bundle(const std::string& path, bool check_executorch_version);
+// load_bundle_fd: the one-file bundle at [offset, offset + length) of the open file fd (mapped).
+Bundle load_bundle_fd(int fd, uint64_t offset, uint64_t length, bool check_executorch_version);
+// load_bundle_bytes: the one-file bundle in the caller's buffer, used in place when 64-byte aligned (the
+// caller keeps it alive and unchanged until fmrl_close), else copied once.
+Bundle load_bundle_buffer(const void* data, size_t size, bool check_executorch_version);
 
 // One ExecuTorch method of the bundle's program. step() is serialised by a mutex (one method owns one
 // set of planned buffers), as PteEngine does in Python.

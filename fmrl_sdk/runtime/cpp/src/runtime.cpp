@@ -78,7 +78,7 @@ View view(const fmrl_recommender* rec, const uint8_t* bytes) {
 uint8_t* bytes_of(fmrl_session* s) { return reinterpret_cast<uint8_t*>(s); }
 const uint8_t* bytes_of(const fmrl_session* s) { return reinterpret_cast<const uint8_t*>(s); }
 
-// FMRL_ERR_ARGUMENT naming the NULL argument: "fmrl_open: bundle_dir is NULL".
+// FMRL_ERR_ARGUMENT naming the NULL argument: "fmrl_open: bundle_path is NULL".
 void need(const void* p, const char* function, const char* argument) {
   if (!p) throw Error(FMRL_ERR_ARGUMENT, std::string(function) + ": " + argument + " is NULL");
 }
@@ -241,6 +241,21 @@ void bloom_positions(std::string_view id, uint32_t bits, uint32_t hashes, uint32
   for (uint32_t j = 0; j < hashes; ++j) out[j] = static_cast<uint32_t>((h1 + j * h2) % bits);
 }
 
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc) {
+  static const auto table = [] {
+    std::vector<uint32_t> t(256);
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
 }  // namespace fmrl
 
 using namespace fmrl;
@@ -288,10 +303,15 @@ fmrl_status fmrl_open_options_init_size(fmrl_open_options* options, size_t struc
   });
 }
 
-fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, fmrl_recommender** out) {
+}  // extern "C"
+
+namespace {
+
+// fmrl_open and its fd / buffer forms: the options' checks, `load` (the bundle), then the engine and catalogue.
+template <typename Load>
+fmrl_status open_with(const char* function, const fmrl_open_options* options, fmrl_recommender** out, Load&& load) {
   return guarded([&] {
-    need(bundle_dir, "fmrl_open", "bundle_dir");
-    need(out, "fmrl_open", "out");
+    need(out, function, "out");
     *out = nullptr;
     const fmrl_open_options o = read_options(options);
     if (o.threads < 0)
@@ -303,12 +323,8 @@ fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, 
     if (o.bloom_hashes < 1 || o.bloom_hashes > 16)
       throw Error(FMRL_ERR_ARGUMENT, "bloom hashes must be in [1, 16], got " + std::to_string(o.bloom_hashes));
     auto rec = std::make_unique<fmrl_recommender>();
-    rec->bundle = load_bundle(bundle_dir, o.check_executorch_version != 0);
+    rec->bundle = load(o.check_executorch_version != 0);
     const Bundle& b = rec->bundle;
-    if (b.rows > 0xFFFF || b.granularity > 0xFFFF || b.k_max > 0xFFFF || b.rows < 2 || b.granularity < 1)
-      throw Error(FMRL_ERR_BUNDLE, b.path + "/manifest.json: state " + std::to_string(b.rows) + " x " +
-                                       std::to_string(b.granularity) + " or k_max " + std::to_string(b.k_max) +
-                                       " out of range");
     rec->pool = std::make_unique<PoolShare>(o.threads);
     rec->engine = std::make_unique<Engine>(b.program, b.method, b.rows, b.granularity, b.k_max,
                                            static_cast<int64_t>(b.item_ids.size()));
@@ -341,6 +357,30 @@ fmrl_status fmrl_open(const char* bundle_dir, const fmrl_open_options* options, 
                              std::to_string(b.k_max) + ", " + std::to_string(rec->state_bytes) +
                              " state bytes per session, fingerprint " + hex(b.fingerprint, 16));
     *out = rec.release();
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+fmrl_status fmrl_open(const char* bundle_path, const fmrl_open_options* options, fmrl_recommender** out) {
+  return open_with("fmrl_open", options, out, [&](bool check_version) {
+    need(bundle_path, "fmrl_open", "bundle_path");
+    return load_bundle(bundle_path, check_version);
+  });
+}
+
+fmrl_status fmrl_open_fd(int fd, uint64_t offset, uint64_t length, const fmrl_open_options* options,
+                         fmrl_recommender** out) {
+  return open_with("fmrl_open_fd", options, out,
+                   [&](bool check_version) { return load_bundle_fd(fd, offset, length, check_version); });
+}
+
+fmrl_status fmrl_open_buffer(const void* data, size_t size, const fmrl_open_options* options, fmrl_recommender** out) {
+  return open_with("fmrl_open_buffer", options, out, [&](bool check_version) {
+    if (size) need(data, "fmrl_open_buffer", "data");
+    return load_bundle_buffer(data, size, check_version);
   });
 }
 
