@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from fmrl_sdk.data.dataset import load_dataset, read_interaction_rows, training_arrays
+from fmrl_sdk.data.dataset import load_dataset, training_arrays
 from fmrl_sdk.data.split import SplitSpec, iso
 from fmrl_sdk.errors import FmrlError
+from tests.reference_reader import read_interaction_rows
 
 DAY = 86400
 T0 = 1_600_000_000
@@ -133,7 +134,10 @@ def test_time_split_needs_timestamps(tmp_path):
         load_dataset("demo", split=SplitSpec("time", 0.8))
     path = tmp_path / "partial.csv"
     path.write_text("user,item,timestamp\nu1,i1,1700000000\nu1,i2,\n")
-    with pytest.raises(FmrlError, match="row 2 has none"):
+    with pytest.raises(FmrlError, match=r"partial.csv:3: no timestamp, but other rows have one"):
+        load_dataset(path, min_count=1, split=SplitSpec("time", 0.5))
+    path.write_text("user,item\nu1,i1\nu1,i2\n")
+    with pytest.raises(FmrlError, match="split = 'time' needs timestamps"):
         load_dataset(path, min_count=1, split=SplitSpec("time", 0.5))
 
 

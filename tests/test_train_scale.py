@@ -376,6 +376,112 @@ def test_ddp_step_equals_one_process_step_and_ranks_hold_identical_weights(tmp_p
     assert result["moved"] > 0 and result["max_rel_grad_diff"] <= 1e-5
 
 
+SHARD_WORKER = '''
+import json, sys
+import numpy as np, torch
+from fmrl_sdk.data.dataset import training_arrays
+from fmrl_sdk.model.model import FMRLRec
+from fmrl_sdk.train import distributed
+from fmrl_sdk.train.evaluate import evaluate
+from fmrl_sdk.train.recipe import Recipe
+from fmrl_sdk.train.trainer import epoch_batches, make_objective, prepare, train_step, validation_sample
+
+recipe = Recipe.from_dict(json.loads(sys.argv[1]))
+t, max_len, stride = recipe.train, recipe.data.max_len, recipe.data.stride
+rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
+d = distributed.setup("cpu")
+torch.set_num_threads(1)
+prep = prepare(recipe)
+every_user = prep.dataset.num_users
+sample = validation_sample(prep.dataset, 150, t.seed)
+dataset, windows = distributed.shard(prep.dataset, max_len, stride, d)  # what train() keeps
+prep.dataset = dataset
+everything = np.arange(windows.rows)
+kept = {"users": dataset.num_users, "rows": int(windows.owned(everything).sum()), "all_rows": windows.rows,
+        "sequence_bytes": sum(s.nbytes for s in dataset.sequences), "windows_bytes": windows.nbytes,
+        "item_bytes": windows.items.nbytes}
+counts = distributed.sum_counts(windows.target_counts(prep.model_config.num_items), d)
+# two batches of the run's first epoch, and one of rank 0's rows only (rank 1 has none in it)
+batches = epoch_batches(np.random.default_rng(t.seed), windows.lengths, t.batch_size, 3, t.length_buckets)[:2]
+theirs = ~windows.owned(everything) if d.rank else windows.owned(everything)
+batches.append(np.flatnonzero(theirs)[:40])
+
+def run(where, batch):
+    torch.manual_seed(t.seed)
+    model = FMRLRec(prep.model_config, prep.features)
+    objective = make_objective(model, t, counts)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the weights follow the gradients linearly
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    wrapped, losses, grads, sizes = distributed.wrap(objective, where), [], [], []
+    for rows in batches:
+        x, y, scale = batch(rows)
+        losses.append(train_step(wrapped, optimizer, scheduler, x, y, scale, t.grad_clip))
+        grads.append([p.grad.clone() for p in model.parameters()])
+        sizes.append(len(x) if scale else 0)
+    return model, losses, grads, sizes
+
+model, losses, grads, sizes = run(d, lambda rows: distributed.shard_batch(windows, rows, d))
+in_sync = distributed.replicas_in_sync(model, d)
+test = distributed.evaluate_on(model, dataset, "test", max_len, t.eval_batch_size, d, sharded=True)
+val = distributed.evaluate_on(model, dataset, "val", max_len, t.eval_batch_size, d, users=sample, sharded=True)
+gathered = lambda values, dtype: [x.tolist() for x in distributed.gather(torch.tensor(values, dtype=dtype), d)]
+losses = gathered(losses, torch.float64)
+rows_per_rank = gathered(sizes, torch.int64)
+kept_per_rank = gathered([kept[k] for k in sorted(kept)], torch.int64)
+if d.main:
+    full = prepare(recipe).dataset  # one process, every user: the reference
+    inputs, targets = training_arrays(full, max_len, stride)
+    ref, ref_losses, ref_grads, _ = run(distributed.Dist(),
+                                        lambda rows: distributed.local_batch(inputs, targets, rows, distributed.Dist()))
+    own_test = evaluate(model, full, "test", max_len, t.eval_batch_size)  # this model, one process
+    own_val = evaluate(model, full.subset(sample), "val", max_len, t.eval_batch_size)
+    json.dump({"in_sync": in_sync, "world": d.world, "every_user": every_user,
+               "full_sequence_bytes": sum(s.nbytes for s in full.sequences),
+               "kept": [dict(zip(sorted(kept), k)) for k in kept_per_rank], "rows_per_rank": rows_per_rank,
+               "losses": [sum(step) for step in zip(*losses)], "ref_losses": ref_losses,
+               "max_rel_grad_diff": max(rel(a, b) for g, r in zip(grads, ref_grads) for a, b in zip(g, r)),
+               "max_rel_weight_diff": max(rel(a.detach(), b.detach())
+                                          for a, b in zip(model.parameters(), ref.parameters())),
+               "test": test, "own_test": own_test, "val": val, "own_val": own_val},
+              open(sys.argv[2], "w"))
+distributed.teardown(d)
+'''
+
+
+def test_ddp_ranks_keep_only_their_users_and_train_as_one_process(tmp_path):
+    """2 gloo processes on their shards (user u on rank u % 2), stride windows, three SGD steps (two
+    batches of the epoch permutation and one whose rows are all rank 0's: rank 1 takes a zero-weighted
+    forward): each rank holds half the users' sequences and rows, the gradients of every step and the
+    weights after them are the one-process ones, and evaluation over the shards is exact."""
+    script, out = tmp_path / "worker.py", tmp_path / "out.json"
+    script.write_text(SHARD_WORKER)
+    raw = recipe(batch_size=257)
+    raw["data"].update(stride=5)
+    raw["model"].update(dropout=0.0, lru_dropout=0.0)
+    r = torchrun(str(script), json.dumps(raw), str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["in_sync"] and result["world"] == 2
+    kept, users = result["kept"], result["every_user"]
+    assert [k["users"] for k in kept] == [(users + 1) // 2, users // 2]
+    assert sum(k["rows"] for k in kept) == kept[0]["all_rows"] == kept[1]["all_rows"]
+    assert sum(k["sequence_bytes"] for k in kept) == result["full_sequence_bytes"]
+    for k in kept:  # about half of the data each (demo users' lengths vary little)
+        assert 0.4 < k["sequence_bytes"] / result["full_sequence_bytes"] < 0.6
+        assert 0.4 < k["rows"] / k["all_rows"] < 0.6
+    steps = list(zip(*result["rows_per_rank"]))
+    assert [sum(s) for s in steps[:2]] == [257, 257] and min(min(s) for s in steps[:2]) > 0
+    assert steps[2][0] == 40 and steps[2][1] == 0   # rank 1: nothing of its own in the last batch
+    for loss, ref in zip(result["losses"], result["ref_losses"]):
+        assert abs(loss / 2 - ref) <= 1e-5 * ref  # the mean of the ranks' scaled losses: the global mean
+    assert result["max_rel_grad_diff"] <= 1e-5 and result["max_rel_weight_diff"] <= 1e-5
+    for split, ref in (("test", "own_test"), ("val", "own_val")):
+        for size, metrics in result[ref].items():
+            for name, value in metrics.items():
+                # (float32 sums per evaluation batch, and the batches hold other users: rounding only)
+                assert result[split][size][name] == pytest.approx(value, rel=1e-6, abs=1e-12), (split, size, name)
+
+
 def test_cli_trains_with_two_processes(tmp_path):
     path = write_recipe(tmp_path / "tiny.toml", recipe(threads=0))
     r = fmrl("train", "--recipe", str(path), "--nproc", "2", "--out", str(tmp_path / "ddp"), timeout=600)
@@ -507,3 +613,127 @@ def test_cli_resume_bad_input_is_one_line_exit_2(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(FmrlError, match="not a readable training state"):
         checkpoint.load_state(tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------
+# [train] val_users: validation during training on a fixed sample of users
+
+
+def test_recipe_validates_val_users():
+    assert Recipe.from_dict({}).train.val_users == 0
+    with pytest.raises(FmrlError, match="val_users >= 0"):
+        Recipe.from_dict({"train": {"val_users": -1}}, source="r.toml")
+    with pytest.raises(FmrlError, match="val_users = 2.5 should be int"):
+        Recipe.from_dict({"train": {"val_users": 2.5}}, source="r.toml")
+
+
+def test_validation_sample_is_fixed_and_has_validation_targets(tmp_path):
+    from fmrl_sdk.data.split import SplitSpec
+    from fmrl_sdk.train.distributed import Dist, evaluate_on
+    from fmrl_sdk.train.evaluate import evaluate
+    from fmrl_sdk.train.trainer import validation_sample
+    from tests.test_temporal import DAY, T0, write_timed_log
+
+    demo = load_dataset("demo")
+    sample = validation_sample(demo, 300, 42)
+    assert len(sample) == 300 == len(np.unique(sample)) and (np.diff(sample) > 0).all()
+    assert np.array_equal(sample, validation_sample(demo, 300, 42))
+    assert not np.array_equal(sample, validation_sample(demo, 300, 43))
+    assert validation_sample(demo, 0, 42) is None and validation_sample(demo, demo.num_users, 42) is None
+    # a time split: users drawn among those with validation events, all of whose events are scored
+    timed = load_dataset(write_timed_log(tmp_path / "log.csv", users=120), min_count=3,
+                         split=SplitSpec("time", str(T0 + 60 * DAY), str(T0 + 40 * DAY)))
+    positions = timed.target_positions("val")
+    with_val = [u for u, p in enumerate(positions) if len(p)]
+    assert 20 < len(with_val) < timed.num_users
+    sample = validation_sample(timed, 20, 42)
+    assert set(sample) <= set(with_val) and len(sample) == 20
+    assert validation_sample(timed, len(with_val), 42) is None  # every user with a target: exact anyway
+    part = timed.subset(sample)
+    assert [len(p) for p in part.target_positions("val")] == [len(positions[u]) for u in sample]
+    model = make_model("id", num_items=timed.num_items)
+    assert evaluate_on(model, timed, "val", 20, 64, Dist(), users=sample) == evaluate(model, part, "val", 20, 64)
+
+
+def history_lines(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
+            for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def test_val_users_validates_on_one_sample_every_epoch_and_resume_and_tests_on_everyone(tmp_path, small_data,
+                                                                                          monkeypatch):
+    """Every epoch's validation scores the same sampled users (a resumed run too: the sample is drawn from
+    the seed, not from the training RNG); history says so; the final val and test are over every user."""
+    import gc
+    import io
+
+    from rich.console import Console
+
+    from fmrl_sdk.train import trainer
+    from fmrl_sdk.train.evaluate import evaluate
+    from fmrl_sdk.train.run import load_run
+
+    raw = small(small_data, epochs=4, patience=4, val_users=60)
+    calls = []
+    real_evaluate_on = trainer.evaluate_on
+
+    def spy(model, dataset, split, *args, users=None, **kw):
+        calls.append((split, None if users is None else users.tolist()))
+        return real_evaluate_on(model, dataset, split, *args, users=users, **kw)
+
+    monkeypatch.setattr(trainer, "evaluate_on", spy)
+    log = io.StringIO()
+    prep = prepare(Recipe.from_dict(raw))
+    sample = trainer.validation_sample(prep.dataset, 60, 42).tolist()
+    result = train(prep, tmp_path / "sampled", Console(file=log, force_terminal=False, width=200))
+    assert calls == [("val", sample)] * 4 + [("val", None), ("test", None)]
+    history = history_lines(tmp_path / "sampled")
+    assert [h["val_users"] for h in history] == [60] * 4
+    assert "epoch 1: loss" in log.getvalue() and "val (sample of 60 users) NDCG@10" in log.getvalue()
+    # the best epoch's figure is the sample's; the final metrics are exact over every user
+    loaded = load_run(tmp_path / "sampled")
+    best = next(h for h in history if h["epoch"] == result["best_epoch"])
+    on_sample = evaluate(loaded.model, prep.dataset.subset(sample), "val", 20, 1000)
+    assert best["val_NDCG@10"] == {str(k): round(v["NDCG@10"], 5) for k, v in on_sample.items()}
+    assert result["val"] == evaluate(loaded.model, prep.dataset, "val", 20, 1000) != on_sample
+    assert result["test"] == evaluate(loaded.model, prep.dataset, "test", 20, 1000)
+    assert json.loads((tmp_path / "sampled" / "metrics.json").read_text())["test"] == \
+        {str(k): v for k, v in result["test"].items()}
+
+    # interrupted after epoch 2, resumed: the same sample, history, weights and metrics
+    calls.clear()
+    real_append = trainer.append_history
+
+    def append_then_stop(run_dir, record):
+        real_append(run_dir, record)
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "append_history", append_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(prepare(Recipe.from_dict(raw)), tmp_path / "resumed", Console(quiet=True))
+    gc.collect()  # the interrupted call's run lock goes with its frames
+    monkeypatch.setattr(trainer, "append_history", real_append)
+    resumed = train(prepare(Recipe.from_dict(raw)), tmp_path / "resumed", Console(quiet=True), resume=True)
+    assert calls == [("val", sample)] * 4 + [("val", None), ("test", None)]
+    assert history_lines(tmp_path / "resumed") == history and resumed == result
+    for name in ("model.safetensors", checkpoint.TENSORS):
+        a, b = load_file(str(tmp_path / "resumed" / name)), load_file(str(tmp_path / "sampled" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_val_users_0_validates_on_every_user(tmp_path, small_data, monkeypatch):
+    """0 (the default) is validation over every user, as before val_users existed: no sample, no
+    "val_users" in the history; a sample as large as the users is the same run."""
+    from fmrl_sdk.train import trainer
+
+    calls = []
+    real_evaluate_on = trainer.evaluate_on
+    monkeypatch.setattr(trainer, "evaluate_on", lambda *a, users=None, **kw: calls.append(users) or
+                        real_evaluate_on(*a, users=users, **kw))
+    runs = {n: train(prepare(Recipe.from_dict(small(small_data, epochs=2, val_users=n))), tmp_path / str(n))
+            for n in (0, 300)}
+    assert calls == [None] * 8
+    assert history_lines(tmp_path / "0") == history_lines(tmp_path / "300")
+    assert all("val_users" not in h for h in history_lines(tmp_path / "0"))
+    assert runs[0] == runs[300]

@@ -9,17 +9,15 @@ training events before val_from, every later event a validation or test target i
 from __future__ import annotations
 
 import ast
-import csv
 import gzip
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import read_jsonl_objects
+from . import columnar
 from .catalogue import Catalogue, read_catalogue
 from .split import SplitSpec, TimeCuts, resolve_cuts
 
@@ -183,7 +181,7 @@ def load_dataset(path: str | Path, min_count: int = 5, items: str | Path | None 
     """
     path = _data_path(path)
     split = split or SplitSpec()
-    if path.is_dir():
+    if is_p5_folder(path):
         if split.is_time:
             raise FmrlError(f"{path}: a P5 folder has no timestamps; split = 'time' needs CSV/JSONL data with a "
                             "timestamp on every row")
@@ -199,14 +197,17 @@ def load_items(path: str | Path, items: str | Path | None = None, strict: bool =
     Features keyed by these ids stay valid for every [data] min_count.
     """
     path = _data_path(path)
-    if path.is_dir():
+    if is_p5_folder(path):
         dataset = read_p5_folder(path)
     else:
-        rows = read_interaction_rows(path)
         dataset = Dataset(name=path.stem, source=str(path.resolve()), sequences=[], user_ids=[],
-                          item_ids=sorted({r[1] for r in rows}))
+                          item_ids=list(columnar.read_log(path).item_ids))
         dataset.item_meta = [{} for _ in dataset.item_ids]
     return _with_catalogue(dataset, items, strict)
+
+
+def is_p5_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "sequential_data.txt").exists()
 
 
 def _data_path(path: str | Path) -> Path:
@@ -216,10 +217,12 @@ def _data_path(path: str | Path) -> Path:
     if not path.exists():
         raise FmrlError(f"{path}: data not found")
     if path.is_dir():
-        if not (path / "sequential_data.txt").exists():
-            raise FmrlError(f"{path}: not a P5 data folder (no sequential_data.txt)")
-    elif path.suffix.lower() not in (".csv", ".jsonl", ".json"):
-        raise FmrlError(f"{path}: unknown data format (expected a P5 folder, .csv or .jsonl)")
+        if not (path / "sequential_data.txt").exists() and not any(path.rglob("*.parquet")) \
+                and not any(path.rglob("*.pq")):
+            raise FmrlError(f"{path}: neither a P5 data folder (no sequential_data.txt) nor a folder of Parquet files")
+    elif path.suffix.lower() not in columnar.FORMATS:
+        raise FmrlError(f"{path}: unknown data format (expected a P5 folder, .csv, .jsonl, .parquet or a folder "
+                        "of .parquet files)")
     return path
 
 
@@ -327,30 +330,8 @@ def _read_meta(folder: Path) -> dict[str, dict]:
     return out
 
 
-Row = tuple  # (user, item, timestamp, file order)
-
-
-def read_interaction_rows(path: Path) -> list[Row]:
-    """CSV (header with user,item[,timestamp]) or JSONL ({"user", "item", "timestamp"|"ts"}) rows, file order."""
-    rows: list[Row] = []
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = set(reader.fieldnames or [])
-            if not {"user", "item"} <= fields:
-                raise FmrlError(f"{path}:1: CSV header needs 'user' and 'item' columns (got {sorted(fields)})")
-            for lineno, rec in enumerate(reader, 2):
-                rows.append(_interaction(path, lineno, rec, len(rows)))
-    else:
-        for lineno, rec in read_jsonl_objects(path):
-            rows.append(_interaction(path, lineno, rec, len(rows)))
-    if not rows:
-        raise FmrlError(f"{path}: no interactions")
-    return rows
-
-
 def read_interactions(path: Path, min_count: int = 5, split: SplitSpec | None = None) -> Dataset:
-    """CSV/JSONL interactions (see read_interaction_rows), ordered and filtered.
+    """CSV/JSONL/Parquet interactions (columnar.py), ordered and filtered.
 
     Rows are ordered by timestamp per user (file order breaks ties), then filtered to the k-core
     (every user and item with at least `min_count` interactions, repeated until stable). What the filter
@@ -358,133 +339,74 @@ def read_interactions(path: Path, min_count: int = 5, split: SplitSpec | None = 
     A time split filters only the events before val_from (the training data) and keeps every later event
     of every user whose item survived that filter (see `_time_split`).
     """
-    raw = read_interaction_rows(path)
-    has_time = any(r[4] for r in raw)
+    log = columnar.read_log(path)
     if split is not None and split.is_time:
-        return _time_split(path, raw, min_count, split)
-    rows, k_core = _k_core(raw, min_count)
-    if not rows:
+        return _time_split(path, log, min_count, split)
+    kept, k_core = columnar.k_core(log, min_count)
+    if len(kept) == 0:
         raise FmrlError(f"{path}: no interactions left after {min_count}-core filtering")
-    item_ids = sorted({r[1] for r in rows})
-    user_ids, sequences, times = _sequences(rows, {item: i + 1 for i, item in enumerate(item_ids)})
-    if min(len(s) for s in sequences) < 3:
+    seq = columnar.sequences(log, kept)
+    if np.diff(seq.offsets).min() < 3:
         raise FmrlError(f"{path}: some users have fewer than 3 interactions; use min_count >= 3")
-    report = {"raw": _counts(raw), "k_core": k_core, "timestamps": _ties(times) if has_time else None,
+    report = {"raw": dict(log.raw), "k_core": k_core, "timestamps": columnar.ties(seq),
               "metadata": {"items_with_metadata": 0, "source": None}}
-    return Dataset(name=path.stem, source=str(path.resolve()), sequences=sequences, user_ids=user_ids,
-                   item_ids=item_ids, item_meta=[{} for _ in item_ids], report=report,
-                   file_item_ids=sorted({r[1] for r in raw}), times=times if has_time else None)
+    return _dataset(path, log, seq, report)
 
 
-def _counts(rows: list[Row]) -> dict:
-    return {"users": len({r[0] for r in rows}), "items": len({r[1] for r in rows}), "interactions": len(rows)}
+def _dataset(path: Path, log: columnar.Log, seq: columnar.Sequences, report: dict, **split) -> Dataset:
+    times = None if seq.timestamps is None else np.split(seq.timestamps, seq.offsets[1:-1])
+    return Dataset(name=path.stem, source=str(path.resolve()), sequences=seq.per_user(), user_ids=seq.user_ids,
+                   item_ids=seq.item_ids, item_meta=[{} for _ in seq.item_ids], report=report,
+                   file_item_ids=list(log.item_ids), times=times, **split)
 
 
-def _sequences(rows: list[Row], index: dict[str, int]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    """(user ids sorted, item index sequences, timestamp sequences) of the rows whose item is in `index`,
-    each user's events ordered by (timestamp, file order)."""
-    users: dict[str, list[int]] = {}
-    times: dict[str, list[float]] = {}
-    for user, item, ts, _, _ in sorted(rows, key=lambda r: (r[0], r[2], r[3])):
-        i = index.get(item)
-        if i is not None:
-            users.setdefault(user, []).append(i)
-            times.setdefault(user, []).append(ts)
-    user_ids = list(users)
-    return (user_ids, [np.asarray(users[u], dtype=np.int64) for u in user_ids],
-            [np.asarray(times[u], dtype=np.float64) for u in user_ids])
-
-
-def _time_split(path: Path, raw: list[Row], min_count: int, spec: SplitSpec) -> Dataset:
+def _time_split(path: Path, log: columnar.Log, min_count: int, spec: SplitSpec) -> Dataset:
     """A time split (split.py): the k-core of the events before val_from is the training data and names
     the known items; the dataset holds every user of the file with all their events of known items (the
     context and targets of validation and test). Events after val_from naming other items (new items) are
     left out and counted in the report, as are the users and events on each side of the cuts."""
-    missing = next((r for r in raw if not r[4]), None)
-    if missing is not None:
-        raise FmrlError(f"{path}: split = 'time' needs a timestamp on every row; data row {missing[3] + 1} has none")
-    cuts = resolve_cuts(spec, np.array([r[2] for r in raw]), str(path))
-    before = [r for r in raw if r[2] < cuts.val_from]
-    rows, k_core = _k_core(before, min_count)
-    if not rows:
+    if log.timestamps is None:
+        raise FmrlError(f"{path}: split = 'time' needs timestamps (a timestamp or ts column on every row)")
+    cuts = resolve_cuts(spec, log.timestamps, str(path))
+    before = np.flatnonzero(log.timestamps < cuts.val_from)
+    kept, k_core = columnar.k_core(columnar.restrict(log, before), min_count)
+    if len(kept) == 0:
         raise FmrlError(f"{path}: no training events left after {min_count}-core filtering of the events before "
                         f"val_from ({cuts.to_dict()['val_from_iso']})")
-    item_ids = sorted({r[1] for r in rows})
-    known_items = {item: i + 1 for i, item in enumerate(item_ids)}
-    user_ids, sequences, times = _sequences(raw, known_items)
-    trained = {r[0] for r in rows}
-    train_users = np.array([u in trained for u in user_ids], dtype=bool)
-    report = {"raw": _counts(raw), "k_core": k_core, "timestamps": _ties(times),
+    kept = before[kept]
+    known = np.zeros(len(log.item_ids), dtype=bool)
+    known[log.item_codes[kept]] = True
+    trained = np.zeros(len(log.user_ids), dtype=bool)
+    trained[log.user_codes[kept]] = True
+    seq = columnar.sequences(log, known[log.item_codes])
+    user_index = {u: j for j, u in enumerate(log.user_ids)}
+    train_users = trained[[user_index[u] for u in seq.user_ids]]
+    report = {"raw": dict(log.raw), "k_core": k_core, "timestamps": columnar.ties(seq),
               "metadata": {"items_with_metadata": 0, "source": None},
-              "split": _time_split_report(raw, cuts, trained, known_items, len(rows))}
-    return Dataset(name=path.stem, source=str(path.resolve()), sequences=sequences, user_ids=user_ids,
-                   item_ids=item_ids, item_meta=[{} for _ in item_ids], report=report,
-                   file_item_ids=sorted({r[1] for r in raw}), times=times, cuts=cuts, train_users=train_users)
+              "split": _time_split_report(log, cuts, trained, known, len(kept))}
+    return _dataset(path, log, seq, report, cuts=cuts, train_users=train_users)
 
 
-def _time_split_report(raw: list[Row], cuts: TimeCuts, trained: set, known_items: dict, train_events: int) -> dict:
+def _time_split_report(log: columnar.Log, cuts: TimeCuts, trained: np.ndarray, known: np.ndarray,
+                       train_events: int) -> dict:
     """Events, users and items on each side of the cuts; new users (no event before val_from) and events
-    naming new items (not in the training k-core) in each window."""
-    seen_before = {r[0] for r in raw if r[2] < cuts.val_from}
-    windows = {"val": (cuts.val_from, cuts.test_from), "test": (cuts.test_from, np.inf)}
+    naming new items (not in the training k-core) in each window. trained / known: per user / item code."""
+    ts, users, items = log.timestamps, log.user_codes, log.item_codes
+    seen_before = np.zeros(len(log.user_ids), dtype=bool)
+    seen_before[users[ts < cuts.val_from]] = True
     out = {**cuts.to_dict(),
-           "train": {"events_before_val_from": len(raw) - sum(r[2] >= cuts.val_from for r in raw),
-                     "events_trained": train_events, "users_trained": len(trained), "items": len(known_items)}}
-    for name, (lo, hi) in windows.items():
-        rows = [r for r in raw if lo <= r[2] < hi]
-        users = {r[0] for r in rows}
-        out[name] = {"events": len(rows), "users": len(users), "items": len({r[1] for r in rows}),
-                     "new_users": len(users - seen_before),
-                     "events_of_new_users": sum(r[0] not in seen_before for r in rows),
-                     "events_of_new_items": sum(r[1] not in known_items for r in rows),
-                     "users_without_training_events": len(users - trained)}
+           "train": {"events_before_val_from": int((ts < cuts.val_from).sum()), "events_trained": train_events,
+                     "users_trained": int(trained.sum()), "items": int(known.sum())}}
+    for name, (lo, hi) in {"val": (cuts.val_from, cuts.test_from), "test": (cuts.test_from, np.inf)}.items():
+        window = (ts >= lo) & (ts < hi)
+        u, i = users[window], items[window]
+        present = np.unique(u)
+        out[name] = {"events": int(window.sum()), "users": len(present), "items": len(np.unique(i)),
+                     "new_users": int((~seen_before[present]).sum()),
+                     "events_of_new_users": int((~seen_before[u]).sum()),
+                     "events_of_new_items": int((~known[i]).sum()),
+                     "users_without_training_events": int((~trained[present]).sum())}
     return out
-
-
-def _interaction(path: Path, lineno: int, rec: dict, order: int) -> Row:
-    for key in ("user", "item"):
-        if rec.get(key) in (None, ""):
-            raise FmrlError(f"{path}:{lineno}: missing '{key}'")
-    ts = rec.get("timestamp", rec.get("ts"))
-    given = ts not in (None, "")
-    try:
-        ts = float(ts) if given else float(order)
-    except (TypeError, ValueError):
-        raise FmrlError(f"{path}:{lineno}: timestamp {ts!r} is not a number") from None
-    return str(rec["user"]), str(rec["item"]), ts, order, given
-
-
-def _k_core(rows: list[Row], k: int) -> tuple[list[Row], dict]:
-    """Rows of the k-core, and what was dropped: users/items below k in the file itself ("direct") and
-    those that fell below k only after other rows were removed ("cascade")."""
-    users = Counter(r[0] for r in rows)
-    items = Counter(r[1] for r in rows)
-    raw_users, raw_items = len(users), len(items)
-    direct_users = sum(c < k for c in users.values())
-    direct_items = sum(c < k for c in items.values())
-    rounds, kept = 0, rows
-    while True:
-        keep = [r for r in kept if users[r[0]] >= k and items[r[1]] >= k]
-        if len(keep) == len(kept):
-            break
-        kept, rounds = keep, rounds + 1
-        users = Counter(r[0] for r in kept)
-        items = Counter(r[1] for r in kept)
-    users_left, items_left = len(users), len(items)   # the counters of `kept`
-    return kept, {
-        "min_count": k, "rounds": rounds, "interactions_dropped": len(rows) - len(kept),
-        "users_dropped": raw_users - users_left, "items_dropped": raw_items - items_left,
-        "users_below_k": direct_users, "items_below_k": direct_items,
-        "users_cascade": raw_users - users_left - direct_users, "items_cascade": raw_items - items_left - direct_items}
-
-
-def _ties(times: list) -> dict:
-    """Users whose test (last) or validation (second to last) event shares its timestamp with the event
-    before it: file order then decides which item is the target."""
-    test = sum(len(t) >= 2 and bool(t[-1] == t[-2]) for t in times)
-    val = sum(len(t) >= 3 and bool(t[-2] == t[-3]) for t in times)
-    any_tie = sum(len(np.unique(t)) < len(t) for t in times)
-    return {"users": len(times), "test_target_tied": test, "val_target_tied": val, "users_with_any_tie": any_tie}
 
 
 def data_report(dataset: Dataset, max_len: int, stride: int = 0) -> dict:

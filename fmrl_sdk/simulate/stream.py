@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import Dataset, read_interaction_rows
+from ..data import columnar
+from ..data.dataset import Dataset
 from ..errors import FmrlError
 from ..fileio import atomic_open
 
@@ -64,22 +65,27 @@ def timed_events(dataset: Dataset, split: str = "test") -> list[tuple]:
     module docstring), sorted by timestamp with file order breaking ties."""
     if split not in SPLIT_CUT:
         raise FmrlError(f"--split {split!r}: expected test, val or train")
-    rows = sorted(read_interaction_rows(Path(dataset.source)), key=lambda r: (r[2], r[3]))
+    log = columnar.read_log(dataset.source)
+    ts = log.timestamps
+    order = np.argsort(ts, kind="stable")                       # time, then file order
     if dataset.cuts is not None:
         end = {"test": np.inf, "val": dataset.cuts.test_from, "train": dataset.cuts.val_from}[split]
-        return [(u, i, ts) for u, i, ts, _, _ in rows if ts < end]
-    users, items = set(dataset.user_ids), set(dataset.item_ids)
-    kept = [r for r in rows if r[0] in users and r[1] in items]   # the k-core's rows
-    drop = SPLIT_CUT[split]
-    remaining = {}
-    for r in kept:
-        remaining[r[0]] = remaining.get(r[0], 0) + 1
-    events = []
-    for u, i, ts, _, _ in kept:
-        remaining[u] -= 1
-        if remaining[u] >= drop:   # not among the user's last `drop` events
-            events.append((u, i, ts))
-    return events
+        rows = order[ts[order] < end]
+    else:
+        in_users = np.isin(np.asarray(log.user_ids, dtype=object), dataset.user_ids)
+        in_items = np.isin(np.asarray(log.item_ids, dtype=object), dataset.item_ids)
+        rows = order[in_users[log.user_codes[order]] & in_items[log.item_codes[order]]]   # the k-core's rows
+        drop = SPLIT_CUT[split]
+        if drop:   # each user's last `drop` events: count events after each one, per user, from the end
+            users = log.user_codes[rows]
+            after = np.zeros(len(rows), dtype=np.int64)
+            seen = np.zeros(len(log.user_ids), dtype=np.int64)
+            for j in range(len(rows) - 1, -1, -1):
+                after[j] = seen[users[j]]
+                seen[users[j]] += 1
+            rows = rows[after >= drop]
+    return [(log.user_ids[u], log.item_ids[i], t)
+            for u, i, t in zip(log.user_codes[rows].tolist(), log.item_codes[rows].tolist(), ts[rows].tolist())]
 
 
 def write_timed_stream(out: str | Path, events: list[tuple], split: str) -> dict:

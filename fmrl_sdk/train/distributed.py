@@ -1,13 +1,16 @@
 """Data-parallel training: one process per device, launched by torchrun (or `fmrl-sdk train --nproc N`).
 
 Everything here is a no-op for a single process (`Dist()`), so the trainer has one code path:
-- every rank draws the same epoch permutation (same seed) and takes a disjoint, contiguous share of
-  each global batch of `batch_size` rows (`local_batch`), so a recipe means the same optimisation
-  whatever the number of processes;
+- each rank keeps only its shard of the users (`shard`: user u belongs to rank u % world), their
+  sequences and training rows (windows.py), plus the number of targets of every row of every user;
+- every rank draws the same epoch permutation over all rows (same seed), so a global batch of
+  `batch_size` rows is the same set as in one process; each rank takes the rows of that batch that
+  belong to its users (`shard_batch`; possibly none: then a zero-weighted forward keeps DDP in step),
+  so a recipe means the same optimisation whatever the number of processes;
 - gradients are averaged by DistributedDataParallel around the `Objective` module (item table, model
   and loss in one forward); each rank's loss is scaled by world * local targets / global targets so
   that the average is the gradient of the global per-target mean, as in one process;
-- validation is split by users across ranks and the metric sums are all-reduced;
+- validation and test: each rank scores its own users and the metric sums are all-reduced;
 - only rank 0 writes files; `replicas_in_sync` checks every epoch that all ranks hold the same bytes.
 """
 
@@ -24,6 +27,7 @@ import torch.distributed as dist
 from ..data.dataset import Dataset
 from ..errors import FmrlError
 from .evaluate import evaluate, evaluation_sums, metric_names, trim_left_padding
+from .windows import Windows
 
 
 @dataclass
@@ -112,12 +116,62 @@ def steps_per_epoch(rows: int, batch_size: int, d: Dist) -> int:
 
 
 def local_batch(inputs: np.ndarray, targets: np.ndarray, rows: np.ndarray, d: Dist):
-    """This rank's share of the global batch `rows`: (x, y, loss scale) on the rank's device."""
+    """This rank's contiguous share of the global batch `rows` of materialised arrays (`training_arrays`,
+    every user on every rank): (x, y, loss scale) on the rank's device. Training uses `shard_batch`; this
+    is the plain reference the tests compare it with."""
     mine = np.array_split(rows, d.world)[d.rank]
     x, y = (torch.from_numpy(a).to(d.device) for a in trim_left_padding(inputs[mine], targets[mine]))
     if d.world == 1:
         return x, y, 1.0
     return x, y, d.world * int((targets[mine] > 0).sum()) / int((targets[rows] > 0).sum())
+
+
+def shard_users(num_users: int, d: Dist) -> np.ndarray:
+    """The users (positions 0..num_users - 1) rank d.rank keeps: every user u with u % world == rank."""
+    return np.arange(d.rank, num_users, d.world, dtype=np.int64)
+
+
+def shard(dataset: Dataset, max_len: int, stride: int, d: Dist) -> tuple[Dataset, Windows]:
+    """This rank's users of `dataset` (`shard_users`; one process: the dataset itself) and the training
+    windows over them (every row's target count, but only this rank's rows' descriptors and items).
+    Once the caller drops `dataset`, the other users' sequences are freed: about 1/world of the data stays."""
+    train = dataset.train_sequences()
+    if d.world == 1:
+        return dataset, Windows(train, max_len, stride)
+    lengths = np.fromiter((len(s) for s in train), dtype=np.int64, count=len(train))
+    users = shard_users(dataset.num_users, d)
+    windows = Windows([train[u] for u in users], max_len, stride, users=users, all_lengths=lengths)
+    return dataset.subset(users), windows
+
+
+def shard_batch(windows: Windows, rows: np.ndarray, d: Dist):
+    """This rank's share of the global batch `rows` (the rows of its users): (x, y, loss scale) on its
+    device. The scale, world * local targets / global targets, makes DDP's average the gradient of the
+    global batch's per-target mean. A rank with no targets in the batch runs a one-target forward scaled by
+    0 (every rank must join each gradient all-reduce; its gradient is exactly 0). Batches are at least two
+    columns wide (a left padding column changes nothing): on one column the recurrence's parameters would
+    take no part in the graph on this rank only, and DDP's all-reduce would miss their gradients."""
+    if d.world == 1:
+        x, y = windows.batch(rows)
+        return torch.from_numpy(x).to(d.device), torch.from_numpy(y).to(d.device), 1.0
+    mine = rows[windows.owned(rows)]
+    local, total = int(windows.lengths[mine].sum()), int(windows.lengths[rows].sum())
+    if local == 0 or total == 0:
+        x, y, scale = np.zeros((1, 2), dtype=np.int64), np.array([[0, 1]], dtype=np.int64), 0.0
+    else:
+        (x, y), scale = windows.batch(mine), d.world * local / total
+        if x.shape[1] < 2:
+            x, y = (np.pad(a, ((0, 0), (1, 0))) for a in (x, y))
+    return torch.from_numpy(x).to(d.device), torch.from_numpy(y).to(d.device), scale
+
+
+def sum_counts(counts: np.ndarray, d: Dist) -> np.ndarray:
+    """Element-wise sum of int64 counts over ranks (exact), identical on every rank."""
+    if d.world == 1:
+        return counts
+    t = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int64)).to(d.device)
+    dist.all_reduce(t)
+    return t.cpu().numpy()
 
 
 def sum_across(values: list[float], d: Dist) -> list[float]:
@@ -191,14 +245,26 @@ class HostView:
 
 
 def evaluate_on(model, dataset: Dataset, split: str, max_len: int, batch_size: int, d: Dist,
-                progress=None) -> dict[int, dict[str, float]]:
-    """`evaluate` with users split across ranks (exact means over all targets, identical on every rank)."""
+                progress=None, users: np.ndarray | None = None, sharded: bool = False) -> dict[int, dict[str, float]]:
+    """`evaluate` over users split across ranks (exact means over all targets, identical on every rank).
+
+    sharded: `dataset` holds only this rank's users (`shard`), each rank scores all of them; otherwise it
+    holds every user and each rank scores a contiguous share. users: score only these users (global
+    positions, ascending; a validation sample); None: every user.
+    """
     viewed = HostView(model) if d.cuda else model
     if d.world == 1:
-        return evaluate(viewed, dataset, split, max_len, batch_size, progress=progress)
-    users = np.array_split(np.arange(dataset.num_users), d.world)[d.rank]
-    sums, count = evaluation_sums(viewed, dataset.subset(users), split, max_len, batch_size, progress=progress) \
-        if len(users) else (None, 0)
+        mine = dataset if users is None else dataset.subset(users)
+        return evaluate(viewed, mine, split, max_len, batch_size, progress=progress)
+    if sharded:
+        local = np.arange(dataset.num_users) if users is None else \
+            np.asarray(users, dtype=np.int64)[np.asarray(users) % d.world == d.rank] // d.world
+    else:
+        everyone = np.arange(dataset.num_users) if users is None else np.asarray(users, dtype=np.int64)
+        local = np.array_split(everyone, d.world)[d.rank]
+    whole = sharded and users is None
+    sums, count = evaluation_sums(viewed, dataset if whole else dataset.subset(local), split, max_len, batch_size,
+                                  progress=progress) if len(local) else (None, 0)
     sizes, names = list(model.cfg.sizes), metric_names()
     flat = [sums[s][n] if sums else 0.0 for s in sizes for n in names]
     *totals, count = sum_across(flat + [float(count)], d)

@@ -68,6 +68,7 @@ class TrainSection:
     eval_batch_size: int = 256
     threads: int = 0                 # torch threads per process (0 = cores / processes on this node)
     init_from: str = ""              # warm start: a run directory whose weights the run starts from ("" = none)
+    val_users: int = 0               # validation during training on a fixed seeded sample of users (0 = all)
 
 
 @dataclass
@@ -144,7 +145,8 @@ class Recipe:
                   (0 <= t.label_smoothing < 1, "[train] 0 <= label_smoothing < 1"),
                   (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0 and t.length_buckets >= 0,
                    "[train] counts >= 0"),
-                  (t.item_chunk >= 1 and t.num_negatives >= 1, "[train] item_chunk >= 1, num_negatives >= 1")]
+                  (t.item_chunk >= 1 and t.num_negatives >= 1, "[train] item_chunk >= 1, num_negatives >= 1"),
+                  (t.val_users >= 0, "[train] val_users >= 0 (0 = every user)")]
         for ok, what in checks:
             if not ok:
                 raise FmrlError(f"{src}: invalid value, need {what}")

@@ -1,8 +1,9 @@
 """One training run of the nested model: every granularity learned at once, early-stopped on validation.
 
 The loop is deliberately plain: one optimizer, one scheduler, one `Objective` (model + loss) called on
-each batch. Data-parallel training only changes which rows of a batch this process takes and wraps the
-objective in DDP (see distributed.py; a single process is `Dist()`, where both are no-ops). At the end
+each batch, built from row descriptors when it is needed (windows.py). Data-parallel training only keeps
+this process's shard of the users, takes the rows of each batch that are theirs and wraps the objective
+in DDP (see distributed.py; a single process is `Dist()`, where all three are no-ops). At the end
 of every epoch the whole training state is saved (checkpoint.py), so `resume=True` continues a killed
 run from its last completed epoch with the same result.
 """
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import __version__
-from ..data.dataset import Dataset, data_report, load_dataset, training_arrays
+from ..data.dataset import Dataset, data_report, load_dataset
 from ..errors import FmrlError
 from ..fileio import atomic_write_json
 from ..model.model import FMRLRec, ModelConfig, uses_content
@@ -31,6 +32,7 @@ from .distributed import Dist, evaluate_on
 from .loss import NegativeSampler, Objective
 from .recipe import Recipe, TrainSection
 from .run import append_history, load_item_features, save_checkpoint, write_metrics
+from .windows import Windows
 
 
 @dataclass
@@ -86,16 +88,38 @@ def make_progress(console: Console) -> Progress:
                     console=console, transient=False)
 
 
-def make_objective(model: FMRLRec, t: TrainSection, targets: np.ndarray) -> Objective:
-    """The recipe's loss around the model; the popularity proposal counts the training targets."""
+def make_objective(model: FMRLRec, t: TrainSection, targets: Windows | np.ndarray) -> Objective:
+    """The recipe's loss around the model; the popularity proposal counts the training targets.
+
+    targets: the training rows (`Windows`), a training target array [rows, L] (0: no target), or already
+    the counts per item [num_items] (a data-parallel run adds up its ranks' `Windows.target_counts`).
+    """
     sampler = None
     if t.loss == "sampled":
         n = model.cfg.num_items
-        counts = torch.from_numpy(np.bincount(targets[targets > 0] - 1, minlength=n)) \
-            if t.negative_sampler == "popularity" else None
+        counts = torch.from_numpy(training_target_counts(targets, n)) if t.negative_sampler == "popularity" else None
         sampler = NegativeSampler(n, t.negative_sampler, counts)
     return Objective(model, model.cfg.sizes, t.size_weights, t.loss, t.loss_method, t.item_chunk,
                      t.num_negatives, sampler, t.label_smoothing)
+
+
+def training_target_counts(targets: Windows | np.ndarray, num_items: int) -> np.ndarray:
+    """int64 [num_items]: how often each item is a trained target (see make_objective's `targets`)."""
+    if isinstance(targets, Windows):
+        return targets.target_counts(num_items)
+    if targets.ndim == 1:
+        return targets.astype(np.int64)
+    return np.bincount(targets[targets > 0] - 1, minlength=num_items)
+
+
+def validation_sample(dataset: Dataset, n: int, seed: int) -> np.ndarray | None:
+    """The users ([train] val_users) validation during training scores: `n` users with a validation target,
+    drawn with `seed` (always the same ones for a dataset and seed: every epoch and resume), ascending
+    positions; None for every user (n = 0, or at least as many as have a validation target)."""
+    eligible = np.flatnonzero([len(p) > 0 for p in dataset.target_positions("val")])
+    if not n or n >= len(eligible):
+        return None
+    return np.sort(np.random.default_rng([seed, 0x76616C]).choice(eligible, n, replace=False))
 
 
 def make_optimizer(model: FMRLRec, t: TrainSection, steps_per_epoch: int):
@@ -146,6 +170,8 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     """Train to early stopping, keep the best checkpoint, evaluate val and test. Returns metrics.
 
     dist: this process's place in a data-parallel run (default: one CPU process); only rank 0 writes.
+      With several processes this rank keeps only its shard of the users (distributed.shard): prep.dataset
+      is replaced by that shard, so that the other users' sequences are freed.
     resume: continue the existing run_dir from its last completed epoch instead of creating run_dir.
     """
     started_training = time.perf_counter()
@@ -157,117 +183,140 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     model, init_from = initial_model(prep, dist.device)
     if dist.world > 1:
         torch.manual_seed(t.seed + dist.rank)  # same initial weights, own dropout masks and negatives
-    inputs, targets = training_arrays(dataset, recipe.data.max_len, recipe.data.stride)
-    lengths = (targets > 0).sum(1)
-    steps_per_epoch = distributed.steps_per_epoch(len(inputs), t.batch_size, dist)
-    objective = make_objective(model, t, targets).to(dist.device)
+    # what needs every user, before this rank drops the others: stats, the run's data record, the sample
+    stats = dataset.stats()
+    data_record = _data_record(prep) if dist.main and not resume else None
+    val_sample = validation_sample(dataset, t.val_users, t.seed)
+    dataset, windows = distributed.shard(dataset, recipe.data.max_len, recipe.data.stride, dist)
+    if dist.world > 1:
+        prep.dataset = dataset  # the caller's reference to every user goes too
+    steps_per_epoch = distributed.steps_per_epoch(windows.rows, t.batch_size, dist)
+    counts = None
+    if t.loss == "sampled" and t.negative_sampler == "popularity":
+        counts = distributed.sum_counts(windows.target_counts(prep.model_config.num_items), dist)
+    objective = make_objective(model, t, windows if counts is None else counts).to(dist.device)
     optimizer, scheduler = make_optimizer(model, t, steps_per_epoch)
     sizes = prep.model_config.sizes
     selected = "NDCG@10 mean over sizes" if t.select_on == "mean" else f"NDCG@10[{sizes[-1]}]"
+    val_name = "val" if val_sample is None else f"val (sample of {len(val_sample)} users)"
+    sharded = dist.world > 1
 
     s = {"epoch": 0, "best": -1.0, "best_epoch": 0, "waited": 0, "best_val": {}}  # what resume restores
     best_weights = None
     if dist.main and not resume:
-        _create_run_dir(run_dir, prep, model, dist, init_from)
+        _create_run_dir(run_dir, prep, model, dist, data_record, init_from)
     lock = checkpoint.lock(run_dir) if dist.main else None
-    if dist.main and resume:
-        checkpoint.remove_partial_writes(run_dir)  # writes a kill cut short
-    if resume and checkpoint.has_state(run_dir):
-        meta, tensors = checkpoint.load_state(run_dir)
-        if meta.get("finished"):
-            checkpoint.unlock(run_dir, lock)
-            raise FmrlError(f"{run_dir}: training already finished (epoch {meta['epoch']}); nothing to resume")
-        best_weights = checkpoint.restore(meta, tensors, model, optimizer, scheduler, rng, dist.rank,
-                                          dist.device, run_dir / checkpoint.TENSORS) or _copy(model)
-        s = {key: meta[key] for key in s}
-        if dist.main:
-            checkpoint.reconcile(run_dir, meta, model, best_weights)
-        console.print(f"[bold]resuming[/] {run_dir} after epoch {s['epoch']} (best {s['best']:.4f} @ {s['best_epoch']})")
-    if init_from and not resume:
-        console.print(warm_start.describe(init_from))
-    console.print(f"[bold]training[/] {dataset.name}: {dataset.stats()} | sizes {list(sizes)} | "
-                  f"{model.num_params()['total']:,} parameters | loss {t.loss} | "
-                  f"{dist.world} x {dist.device.type} | run {run_dir}")
+    try:  # the lock is released however training ends (an exception included)
+        if dist.main and resume:
+            checkpoint.remove_partial_writes(run_dir)  # writes a kill cut short
+        if resume and checkpoint.has_state(run_dir):
+            meta, tensors = checkpoint.load_state(run_dir)
+            if meta.get("finished"):
+                raise FmrlError(f"{run_dir}: training already finished (epoch {meta['epoch']}); nothing to resume")
+            best_weights = checkpoint.restore(meta, tensors, model, optimizer, scheduler, rng, dist.rank,
+                                              dist.device, run_dir / checkpoint.TENSORS) or _copy(model)
+            s = {key: meta[key] for key in s}
+            if dist.main:
+                checkpoint.reconcile(run_dir, meta, model, best_weights)
+            console.print(f"[bold]resuming[/] {run_dir} after epoch {s['epoch']} "
+                          f"(best {s['best']:.4f} @ {s['best_epoch']})")
+        if init_from and not resume:
+            console.print(warm_start.describe(init_from))
+        console.print(f"[bold]training[/] {dataset.name}: {stats} | sizes {list(sizes)} | "
+                      f"{model.num_params()['total']:,} parameters | loss {t.loss} | "
+                      f"{dist.world} x {dist.device.type} | run {run_dir}")
 
-    step_fn = distributed.wrap(objective, dist)
-    last_epoch = t.epochs if s["waited"] < t.patience else s["epoch"]
-    with make_progress(console) as progress:
-        epochs_task = progress.add_task("epochs", total=t.epochs, completed=s["epoch"], info="")
-        for epoch in range(s["epoch"] + 1, last_epoch + 1):
-            objective.train()
-            started = time.perf_counter()
-            batches = epoch_batches(rng, lengths, t.batch_size, steps_per_epoch, t.length_buckets)
-            batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
-            running = 0.0
-            for step, rows in enumerate(batches):
-                x, y, scale = distributed.local_batch(inputs, targets, rows, dist)
-                running += train_step(step_fn, optimizer, scheduler, x, y, scale, t.grad_clip)
-                progress.update(batch_task, advance=1, info=f"loss {running / (step + 1):.4f}")
-            progress.remove_task(batch_task)
-            loss = distributed.sum_across([running / steps_per_epoch], dist)[0] / dist.world
-            train_seconds = time.perf_counter() - started
-            val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist, progress)
-            score = selection_score(val, t.select_on)
-            improved = score > s["best"]
-            if improved:
-                s.update(best=score, best_epoch=epoch, waited=0, best_val=val)
-                best_weights = _copy(model)
-            else:
-                s["waited"] += 1
-            record = {"epoch": epoch, "loss": loss, "train_seconds": round(train_seconds, 2),
-                      "eval_seconds": round(time.perf_counter() - started - train_seconds, 2),
-                      "val_NDCG@10": {str(k): round(val[k]["NDCG@10"], 5) for k in sizes}, "best": improved,
-                      "elapsed_seconds": round(time.perf_counter() - started_training, 1)}  # this session's
-            if dist.world > 1:
-                record["replicas_in_sync"] = distributed.replicas_in_sync(model, dist)
-            torch_rng = distributed.gather(torch.get_rng_state(), dist)
-            cuda_rng = distributed.gather(torch.cuda.get_rng_state(dist.device), dist) if dist.cuda else []
-            if dist.main:  # the training state first: files derived from it are rewritten on resume
-                checkpoint.save_state(run_dir, model, optimizer, scheduler, rng,
-                                      {**s, "epoch": epoch, "seed": t.seed, "record": record},
-                                      None if improved else best_weights, torch_rng, cuda_rng)
+        step_fn = distributed.wrap(objective, dist)
+        last_epoch = t.epochs if s["waited"] < t.patience else s["epoch"]
+        with make_progress(console) as progress:
+            epochs_task = progress.add_task("epochs", total=t.epochs, completed=s["epoch"], info="")
+            for epoch in range(s["epoch"] + 1, last_epoch + 1):
+                objective.train()
+                started = time.perf_counter()
+                batches = epoch_batches(rng, windows.lengths, t.batch_size, steps_per_epoch, t.length_buckets)
+                batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
+                running = 0.0
+                for step, rows in enumerate(batches):
+                    x, y, scale = distributed.shard_batch(windows, rows, dist)
+                    running += train_step(step_fn, optimizer, scheduler, x, y, scale, t.grad_clip)
+                    progress.update(batch_task, advance=1, info=f"loss {running / (step + 1):.4f}")
+                progress.remove_task(batch_task)
+                loss = distributed.sum_across([running / steps_per_epoch], dist)[0] / dist.world
+                train_seconds = time.perf_counter() - started
+                val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist, progress,
+                                  users=val_sample, sharded=sharded)
+                score = selection_score(val, t.select_on)
+                improved = score > s["best"]
                 if improved:
-                    save_checkpoint(model, run_dir)
-                    write_metrics(run_dir, "val", val)
-                append_history(run_dir, record)
-            if not record.get("replicas_in_sync", True):
-                raise RuntimeError(f"data-parallel replicas hold different weights after epoch {epoch}")
-            s["epoch"] = epoch
-            progress.update(epochs_task, advance=1,
-                            info=f"val {selected} {score:.4f} (best {s['best']:.4f} @ {s['best_epoch']})")
-            if not console.is_terminal:  # logs get one line per epoch
-                console.print(f"epoch {epoch}: loss {loss:.4f}, val {selected} {score:.4f}, "
-                              f"{train_seconds:.0f} s train, best {s['best']:.4f} @ {s['best_epoch']}")
-            if s["waited"] >= t.patience:
-                console.print(f"early stop after epoch {epoch}: no improvement for {t.patience} epochs")
-                break
+                    s.update(best=score, best_epoch=epoch, waited=0, best_val=val)
+                    best_weights = _copy(model)
+                else:
+                    s["waited"] += 1
+                record = {"epoch": epoch, "loss": loss, "train_seconds": round(train_seconds, 2),
+                          "eval_seconds": round(time.perf_counter() - started - train_seconds, 2),
+                          "val_NDCG@10": {str(k): round(val[k]["NDCG@10"], 5) for k in sizes}, "best": improved,
+                          "elapsed_seconds": round(time.perf_counter() - started_training, 1)}  # this session's
+                if val_sample is not None:
+                    record["val_users"] = len(val_sample)
+                if dist.world > 1:
+                    record["replicas_in_sync"] = distributed.replicas_in_sync(model, dist)
+                torch_rng = distributed.gather(torch.get_rng_state(), dist)
+                cuda_rng = distributed.gather(torch.cuda.get_rng_state(dist.device), dist) if dist.cuda else []
+                if dist.main:  # the training state first: files derived from it are rewritten on resume
+                    checkpoint.save_state(run_dir, model, optimizer, scheduler, rng,
+                                          {**s, "epoch": epoch, "seed": t.seed, "record": record},
+                                          None if improved else best_weights, torch_rng, cuda_rng)
+                    if improved:
+                        save_checkpoint(model, run_dir)
+                        write_metrics(run_dir, "val", val)
+                    append_history(run_dir, record)
+                if not record.get("replicas_in_sync", True):
+                    raise RuntimeError(f"data-parallel replicas hold different weights after epoch {epoch}")
+                s["epoch"] = epoch
+                progress.update(epochs_task, advance=1,
+                                info=f"{val_name} {selected} {score:.4f} (best {s['best']:.4f} @ {s['best_epoch']})")
+                if not console.is_terminal:  # logs get one line per epoch
+                    console.print(f"epoch {epoch}: loss {loss:.4f}, {val_name} {selected} {score:.4f}, "
+                                  f"{train_seconds:.0f} s train, best {s['best']:.4f} @ {s['best_epoch']}")
+                if s["waited"] >= t.patience:
+                    console.print(f"early stop after epoch {epoch}: no improvement for {t.patience} epochs")
+                    break
 
-    model.load_state_dict(best_weights)
-    val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist)
-    test = evaluate_on(model, dataset, "test", recipe.data.max_len, t.eval_batch_size, dist)
-    if dist.main:
-        write_metrics(run_dir, "val", val)
-        write_metrics(run_dir, "test", test)
-        checkpoint.mark_finished(run_dir)
+        model.load_state_dict(best_weights)
+        # always exact: every user, whatever val_users
+        val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist, sharded=sharded)
+        test = evaluate_on(model, dataset, "test", recipe.data.max_len, t.eval_batch_size, dist, sharded=sharded)
+        if dist.main:
+            write_metrics(run_dir, "val", val)
+            write_metrics(run_dir, "test", test)
+            checkpoint.mark_finished(run_dir)
+        return {"val": val, "test": test, "best_epoch": s["best_epoch"]}
+    finally:
         checkpoint.unlock(run_dir, lock)
-    return {"val": val, "test": test, "best_epoch": s["best_epoch"]}
 
 
 def _copy(model: FMRLRec) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist, init_from: dict | None = None) -> None:
+def _data_record(prep: Prepared) -> dict:
+    """config.json's "data": where the data is, its stats, split and report (needs every user)."""
+    recipe, dataset = prep.recipe, prep.dataset
+    # "demo" stays a name: the packaged folder moves with every (re)install of the SDK
+    return {"path": "demo" if recipe.data.path == "demo" else dataset.source, "name": dataset.name,
+            **dataset.stats(), "split": dataset.split_info(),
+            "report": data_report(dataset, recipe.data.max_len, recipe.data.stride)}
+
+
+def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist, data: dict,
+                    init_from: dict | None = None) -> None:
     recipe, dataset = prep.recipe, prep.dataset
     run_dir.mkdir(parents=True, exist_ok=False)
     atomic_write_json(run_dir / "items.json", dataset.item_ids)
     atomic_write_json(run_dir / "config.json", {
         "sdk_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "recipe": recipe.to_dict(), "recipe_source": recipe.source, "model": prep.model_config.to_dict(),
-        # "demo" stays a name: the packaged folder moves with every (re)install of the SDK
-        "data": {"path": "demo" if recipe.data.path == "demo" else dataset.source, "name": dataset.name,
-                 **dataset.stats(), "split": dataset.split_info(),
-                 "report": data_report(dataset, recipe.data.max_len, recipe.data.stride)},
+        "data": data,
         "features": str(Path(recipe.data.features).resolve()) if prep.features is not None else None,
         "params": model.num_params(), "launch": {"processes": dist.world, "device": dist.device.type},
         **({"init_from": init_from} if init_from else {})})
