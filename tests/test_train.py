@@ -178,15 +178,20 @@ def test_user_ranks_per_user_in_user_order(tiny_run):
     ({"train": {"epochz": 3}}, r"\[train\]: unknown key 'epochz'"),
     ({"optim": {}}, r"unknown table \[optim\]"),
     ({"model": {"sizes": [8, 4]}}, "strictly increasing"),
-    ({"train": {"lr": "fast"}}, r"lr = 'fast' should be float"),
+    ({"train": {"lr": "fast"}}, r"lr = 'fast' should be a finite number"),
     ({"model": {"item_embedding": "ids"}}, "item_embedding must be one of"),
     ({"train": {"size_weights": [1, 2]}}, "size_weights needs 8"),
-    ({"model": {"whiten_features": 1}}, r"whiten_features = 1 should be bool"),
+    ({"model": {"whiten_features": 1}}, r"whiten_features = 1 should be true or false"),
     ({"model": {"item_embedding": "content", "id_dims": 8}}, r"id_dims = 8 needs item_embedding = 'hybrid'"),
     ({"model": {"item_embedding": "hybrid", "sizes": [8, 16], "id_dims": 32}}, r"1 <= id_dims <= the largest"),
-    ({"train": {"epochs": True}}, r"epochs = True should be int"),
+    ({"train": {"epochs": True}}, r"epochs = True should be an integer"),
     ({"train": {"select_on": "best"}}, r"select_on must be 'mean' or 'largest'"),
     ({"train": {"length_buckets": -1}}, r"counts >= 0"),
+    ({"train": {"lr": float("inf")}}, r"lr = inf should be a finite number"),       # trained to NaN before
+    ({"train": {"weight_decay": float("nan")}}, r"weight_decay = nan should be a finite number"),
+    ({"model": {"sizes": ["8", "16"]}}, r"sizes = \['8', '16'\] should be a list of integers"),
+    ({"model": {"sizes": [8, 16.5]}}, r"should be a list of integers"),
+    ({"train": {"size_weights": [1, float("inf")]}}, r"should be a list of finite numbers"),
 ])
 def test_recipe_validation(raw, match):
     with pytest.raises(FmrlError, match=match):

@@ -623,7 +623,7 @@ def test_recipe_validates_val_users():
     assert Recipe.from_dict({}).train.val_users == 0
     with pytest.raises(FmrlError, match="val_users >= 0"):
         Recipe.from_dict({"train": {"val_users": -1}}, source="r.toml")
-    with pytest.raises(FmrlError, match="val_users = 2.5 should be int"):
+    with pytest.raises(FmrlError, match="val_users = 2.5 should be an integer"):
         Recipe.from_dict({"train": {"val_users": 2.5}}, source="r.toml")
 
 

@@ -193,7 +193,7 @@ def test_recipe_init_from_resolves_like_other_paths(world, tmp_path):
     assert prepare(rec).init_from == (tmp_path / "OLD").resolve()
     with pytest.raises(FmrlError, match="init_from must be a run directory"):
         Recipe.from_dict({"train": {"init_from": "  "}}, source="r.toml")
-    with pytest.raises(FmrlError, match=r"init_from = 3 should be str"):
+    with pytest.raises(FmrlError, match=r"init_from = 3 should be a string"):
         Recipe.from_dict({"train": {"init_from": 3}}, source="r.toml")
 
 

@@ -131,9 +131,6 @@ class Scoring:
             return "validation"
         return "in_sample"
 
-    def in_training_period(self, ts) -> bool:
-        return self.cut.kind == "time" and ts < self.cut.train_end
-
     def _grow(self, index: int) -> None:
         if index >= len(self.counts):
             extra = index + 1 - len(self.counts)

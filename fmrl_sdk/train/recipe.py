@@ -6,6 +6,7 @@ Unknown tables or keys, wrong types and impossible values are one-line FmrlError
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,20 +168,35 @@ def _section(section_cls, raw, where: str):
                                 "or a fraction of events")
             continue
         if not _type_ok(default, value):
-            raise FmrlError(f"{where}: {key} = {value!r} should be {type(default).__name__}")
+            raise FmrlError(f"{where}: {key} = {value!r} should be {_expected(default)}")
     values = {k: (float(v) if isinstance(getattr(section_cls(), k), float) and k not in CUT_KEYS else v)
               for k, v in raw.items()}
     return section_cls(**values)
+
+
+def _expected(default) -> str:
+    """What a key with this default accepts, in words (for error messages)."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, list):
+        return "a list of integers" if _int_list(default) else "a list of finite numbers"
+    return {int: "an integer", float: "a finite number", str: "a string"}.get(type(default), type(default).__name__)
+
+
+def _int_list(default: list) -> bool:
+    """A list key whose default holds integers (sizes) takes integers only."""
+    return bool(default) and all(isinstance(v, int) for v in default)
 
 
 def _type_ok(default, value) -> bool:
     if isinstance(value, bool) or isinstance(default, bool):  # true/false only where a bool is expected
         return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, float):
-        return isinstance(value, (int, float))
+        return isinstance(value, (int, float)) and math.isfinite(value)
     if isinstance(default, list):
-        return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                               for v in value)
+        kinds = int if _int_list(default) else (int, float)
+        return isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool)
+                                               and math.isfinite(v) for v in value)
     return isinstance(value, type(default))
 
 
