@@ -17,7 +17,8 @@ import shutil
 import statistics
 from pathlib import Path
 
-from fmrl_sdk.fileio import atomic_write_json, read_json, read_jsonl_objects
+from fmrl_sdk.fileio import atomic_write_json
+from fmrl_sdk.jsonio import read_json, read_jsonl_objects
 from fmrl_sdk.train.report import plot_metrics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout

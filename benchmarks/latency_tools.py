@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from fmrl_sdk.deploy.export import lower
 from fmrl_sdk.deploy.measure import percentiles
-from fmrl_sdk.deploy.step import ItemScorer
+from fmrl_sdk.deploy.step import ItemScorer, block_topk, topk_groups
 
 
 class ScoreOnly(nn.Module):
@@ -25,6 +25,29 @@ class ScoreOnly(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.scorer(hidden)
+
+
+class InProgramTopK(nn.Module):
+    """The step with ExecuTorch's top-k inside the program, as bundle programs were before issue 28 part 4:
+    forward(x, state) -> (top-k_max scores, indices 1..N, new_state, hidden [s]) (the exact two-pass
+    `block_topk`). Benchmark only: format-3 programs return all N scores and the runtime selects."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.k = step, step.k_max
+        self.group = topk_groups(step.num_items, step.k_max)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor):
+        hidden, new_state = self.step.hidden_step(x, state)
+        values, indices = block_topk(self.step.scorer(hidden), self.k, self.group)
+        return values, indices + 1, new_state, hidden[0]
+
+
+def lower_as_step(module: nn.Module, args: tuple, precision: str) -> bytes:
+    """A step-shaped module lowered as export lowers a bundle's program (int8: quantised first)."""
+    from fmrl_sdk.deploy.export import quantize_step
+
+    return lower(module if precision == "fp32" else quantize_step(module, args), args)
 
 
 def build_floor_program(table: torch.Tensor, precision: str = "fp32") -> bytes:

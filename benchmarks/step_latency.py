@@ -2,6 +2,7 @@
 
     python benchmarks/step_latency.py [--run runs/NAME] [--quick] [--sizes 16,64,256] [--json results.json]
     python benchmarks/step_latency.py --items 12101 --sizes 16,64,256     # catalogue scale, random weights
+    python benchmarks/step_latency.py --items 12101 --sizes 8,16,32,64,128,256 --compare-topk DIR [--cpp BENCH]
 
 For every granularity (--quick: two sizes) and precision (fp32, int8), per event, in microseconds:
   step_p50_us / step_p99_us   the bundle's .pte `forward(x, state)` through the ExecuTorch Python runtime,
@@ -18,6 +19,12 @@ keeps, which also hold the item vectors, + the RSS growth of loading and running
 Targets: step p50 <= 1.5 x floor_p50_us (fp32 also <= 2 x cpu_floor_p50_us); step >= 5x faster than
 window50; fp32 bundle_bytes <= 1.25 x weights_fp32_bytes.
 
+--compare-topk DIR (issue 28 part 4): per size and precision, the top-k inside the program (ExecuTorch's
+`block_topk`, the programs before format 3's change) against the format-3 program returning all N scores with
+the runtime's `select_topk`, and the scoring floor, alternating --repeats times in one process; the programs
+and input vectors go to DIR, and with --cpp (a built fmrl_step_bench: configure the C++ runtime with
+-DFMRL_WITH_STEP_BENCH=ON) the same comparison runs in C.
+
 Without --run: the newest run under ./runs (--quick: the newest demo run there, else a demo-shaped model with random weights
 - latency does not depend on the weights' values). XNNPACK threads: --threads (1); eager torch timings
 are the better of 1 and 2 intra-op threads.
@@ -31,13 +38,16 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from latency_tools import (
+    InProgramTopK,
     build_floor_program,
     cpu_floor,
+    lower_as_step,
     time_calls,
     time_eager_step,
     time_window,
@@ -51,6 +61,7 @@ from fmrl_sdk.deploy.export import (
     sample_sequences,
 )
 from fmrl_sdk.deploy.measure import event_stream, time_step_program
+from fmrl_sdk.runtime.engine import select_topk
 from fmrl_sdk.runtime.program import load_program, set_threads
 
 
@@ -133,6 +144,70 @@ def bench_size(model, dataset, size: int, precision: str, events: int, tmp: Path
     return row
 
 
+def compare_topk(model, dataset, size: int, precision: str, events: int, repeats: int, out: Path,
+                 cpp: str | None, threads: int) -> dict:
+    """In-program top-k vs all scores + the runtime's select_topk vs the scoring floor (Python, and C with
+    `cpp`), p50 per event in microseconds: medians over `repeats` alternating rounds of `events` calls."""
+    import subprocess
+
+    import numpy as np
+
+    step = make_step(model, size, 100, precision)
+    args = step.example_inputs()
+    prefix = out / f"{size}-{precision}"
+    programs = {"topk": lower_as_step(InProgramTopK(step), args, precision),
+                "scores": lower_as_step(step, args, precision),
+                "floor": build_floor_program(step.scorer.table, precision)}
+    for name, data in programs.items():
+        Path(f"{prefix}-{name}.pte").write_bytes(data)
+    items = event_stream(sample_sequences(dataset, 64), events)
+    vectors = np.stack([step.vector(i)[0].numpy() for i in items]).astype("<f4")
+    Path(f"{prefix}-x.f32").write_bytes(vectors.tobytes())
+    methods = {name: load_program(data, trusted=True) for name, data in programs.items()}
+    inputs = [torch.from_numpy(v)[None] for v in vectors]
+    num_state, k = (2 * step.num_blocks, size), step.k_max
+
+    def run(name: str) -> float:
+        method, state, samples = methods[name].execute, torch.zeros(*num_state), []
+        for x in inputs:
+            t = time.perf_counter()
+            if name == "floor":
+                method((x,))
+            else:
+                out = method((x, state))
+                if name == "scores":
+                    select_topk(out[0].numpy(), k)
+                state = out[2]
+            samples.append(time.perf_counter() - t)
+        return 1e6 * float(np.median(samples))
+
+    for name in methods:   # warm-up
+        run(name)
+    rounds = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name in methods:
+            rounds[name].append(run(name))
+    p50 = {name: float(np.median(v)) for name, v in rounds.items()}
+    row = {"size": size, "precision": precision, "num_items": step.num_items, "k": k, "events": events,
+           "repeats": repeats, "load_average": [round(x, 2) for x in os.getloadavg()],
+           "py_in_program_topk_p50_us": round(p50["topk"], 1), "py_runtime_topk_p50_us": round(p50["scores"], 1),
+           "py_floor_p50_us": round(p50["floor"], 1),
+           "py_in_program_over_floor": round(p50["topk"] / p50["floor"], 2),
+           "py_runtime_over_floor": round(p50["scores"] / p50["floor"], 2)}
+    if cpp:
+        c = json.loads(subprocess.run(
+            [cpp, "--compare", str(prefix), "--size", str(size), "--rows", str(num_state[0]), "--items",
+             str(step.num_items), "--k", str(k), "--events", str(events), "--repeats", str(repeats),
+             "--threads", str(threads)], check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        row.update({"c_in_program_topk_p50_us": round(c["in_program_topk_p50_us"], 1),
+                    "c_runtime_topk_p50_us": round(c["runtime_topk_p50_us"], 1),
+                    "c_floor_p50_us": round(c["floor_p50_us"], 1),
+                    "c_in_program_over_floor": round(c["in_program_topk_over_floor"], 2),
+                    "c_runtime_over_floor": round(c["runtime_topk_over_floor"], 2),
+                    "c_load_average": [round(x, 2) for x in os.getloadavg()]})
+    return row
+
+
 def best_threads(measure) -> dict:
     results = []
     for threads in (1, 2):
@@ -154,6 +229,11 @@ def main() -> None:
                         help="a random-weight model with this many items (e.g. 12101, the Beauty catalogue) instead of a run")
     parser.add_argument("--threads", type=int, default=1,
                         help="XNNPACK threadpool size for the .pte runs (1, as `profiles` measures: faster here)")
+    parser.add_argument("--compare-topk", default=None, metavar="DIR",
+                        help="in-program top-k vs the runtime's (issue 28 part 4); programs written to DIR")
+    parser.add_argument("--cpp", default=None,
+                        help="with --compare-topk: a built fmrl_step_bench (cmake -DFMRL_WITH_STEP_BENCH=ON), to compare in C too")
+    parser.add_argument("--repeats", type=int, default=3, help="with --compare-topk: alternating rounds")
     args = parser.parse_args()
     torch.set_num_threads(2)
     set_threads(args.threads)
@@ -171,6 +251,17 @@ def main() -> None:
             "cpus": os.cpu_count(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "load_average": os.getloadavg(), "command": " ".join(sys.argv)}
     rows = []
+    if args.compare_topk:
+        out = Path(args.compare_topk)
+        out.mkdir(parents=True, exist_ok=True)
+        for size in sizes:
+            for precision in args.precisions.split(","):
+                rows.append(compare_topk(model, dataset, size, precision, args.events or 2000, args.repeats, out,
+                                         args.cpp, args.threads))
+                print(json.dumps(rows[-1]), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+        return
     with tempfile.TemporaryDirectory(prefix="fmrl-step-latency-") as tmp:
         for size in sizes:
             for precision in args.precisions.split(","):

@@ -1,4 +1,5 @@
-"""Atomic file and directory writes, hashing and small JSON helpers (no pickle anywhere)."""
+"""Atomic file and directory writes, hashing, paths inside a folder, TOML (no pickle anywhere). JSON is
+read by fmrl_sdk.jsonio (read_json and read_jsonl_objects are re-exported here for older imports)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from .jsonio import read_json, read_jsonl_objects  # noqa: F401 (re-exported)
 
 
 def package_data_dir(name: str) -> Path:
@@ -21,6 +23,8 @@ def package_data_dir(name: str) -> Path:
     from importlib.resources import files
 
     return Path(str(files("fmrl_sdk").joinpath(name)))
+
+
 _umask_lock = threading.Lock()
 
 
@@ -170,40 +174,51 @@ def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Pat
         raise
 
 
+def exclusive_lock(path: Path, what, program: str) -> int | None:
+    """An exclusive flock on the file `path` (created if needed) for as long as the caller works on `what`
+    (the OS drops it when the process dies, SIGKILL included); FmrlError "WHAT: in use by another PROGRAM
+    (pid N)" when another process holds it. Returns the open descriptor (None where there is no flock).
+    The file holds "PID PROGRAM" of its holder. Release with `release_lock`."""
+    from .errors import FmrlError
+
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 128, 0).decode(errors="replace")
+            except OSError:
+                holder = ""
+            os.close(fd)
+            pid, _, who = holder.partition(" ")
+            raise FmrlError(f"{what}: in use by another {who.strip() or program} (pid {pid.strip() or '?'})") \
+                from None
+        try:  # the holder before us may have removed the file between our open and our flock: lock anew
+            held, named = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {program}\n".encode(), 0)
+    return fd
+
+
+def release_lock(path: Path, fd: int | None) -> None:
+    if fd is not None:
+        path.unlink(missing_ok=True)  # while still held: a waiting process then locks a fresh file
+        os.close(fd)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def read_json(path: str | Path) -> Any:
-    from .errors import FmrlError
-
-    path = Path(path)
-    if not path.exists():
-        raise FmrlError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FmrlError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-
-
-def read_jsonl_objects(path: str | Path):
-    """Yield (line number, dict) for each non-blank line of a JSONL file; bad lines are FmrlErrors."""
-    from .errors import FmrlError
-
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FmrlError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            except RecursionError:
-                raise FmrlError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
-            if not isinstance(rec, dict):
-                raise FmrlError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec

@@ -1,3 +1,5 @@
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def shared_beauty():
 @pytest.fixture(scope="session")
 def art(tmp_path_factory):
     """A trained-shape run and its exported bundle, shared by the runtime and simulate tests."""
-    from tests.test_runtime import shared_artifacts
+    from tests.helpers import shared_artifacts
 
     return shared_artifacts(tmp_path_factory.getbasetemp() / "fmrl-runtime-shared")
 
@@ -45,3 +47,33 @@ def rec(art):
     r = Recommender.open(art.bundle)
     yield r
     r.close()
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    """The packaged demo data set."""
+    from fmrl_sdk.data.dataset import load_dataset
+
+    return load_dataset("demo")
+
+
+@pytest.fixture(scope="session")
+def cpp_build(tmp_path_factory):
+    """The C/C++ runtime (fmrl_sdk/runtime/cpp) built once per session in a temporary folder; skipped only when
+    cmake or a C++ compiler is missing."""
+    from fmrl_sdk.runtime.cpp import cpp_dir
+
+    cmake = shutil.which("cmake")
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not cmake or not cxx:
+        pytest.skip(f"needs cmake and a C++ compiler (cmake: {cmake}, compiler: {cxx})")
+    import executorch
+
+    prefix = list(executorch.__path__)[0]
+    build = tmp_path_factory.mktemp("fmrl-cpp")
+    configure = subprocess.run([cmake, "-S", str(cpp_dir()), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}",
+                                "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    built = subprocess.run([cmake, "--build", str(build), "-j2"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return build

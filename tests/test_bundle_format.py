@@ -22,8 +22,7 @@ import pytest
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender, load_bundle, load_bundle_bytes
 from fmrl_sdk.runtime.bundle import FINGERPRINT_PREFIX, FORMAT_VERSION, pack_bundle_file, read_container
-from tests.test_c_abi import run_app
-from tests.test_cpp_runtime import cpp_build  # noqa: F401 (the build fixture)
+from tests.helpers import run_app
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TINY, TINY_FILE = GOLDEN / "tiny", GOLDEN / "tiny.fmrlb"
@@ -327,6 +326,12 @@ def damaged(tmp_path: Path) -> list[tuple[str, dict, str]]:
         "a part not listed": (pack_bundle_file(manifest, {**files, "extra.bin": b"x"}), "holds extra.bin, not listed"),
         "a listed part missing": (pack_bundle_file(manifest, {k: v for k, v in files.items() if k != "cold_start.json"}),
                                   "cold_start.json is listed in the manifest but not in the bundle file"),
+        # JSON parsers disagree on which of two equal keys wins: both runtimes refuse (the inner object that
+        # closes first is named, as Python's object_pairs_hook sees it)
+        "a key twice": (pack_bundle_file(manifest.replace(b"{", b'{"profile": "a", "profile": "b", ', 1), files),
+                        "invalid JSON in the manifest (duplicate key 'profile')"),
+        "a key twice inside": (pack_bundle_file(manifest.replace(b"{", b'{"x": 1, "x": {"y": 1, "y": 2}, ', 1), files),
+                               "invalid JSON in the manifest (duplicate key 'y')"),
     }
     out = []
     for i, (name, (blob, fragment)) in enumerate(variants.items()):

@@ -7,75 +7,23 @@ header. Uses test_cpp_runtime's build.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import fmrl_sdk
 from fmrl_sdk.runtime.cpp import cpp_dir
-from tests.test_cpp_runtime import cpp_build  # noqa: F401 (the build fixture)
-from tests.test_runtime import copy_bundle, rewrite_manifest
+from tests.helpers import rewrite_manifest, copy_bundle, run_app
 
 STATUSES = ["FMRL_OK", "FMRL_ERR_ARGUMENT", "FMRL_ERR_BUNDLE", "FMRL_ERR_STATE", "FMRL_ERR_UNKNOWN_ITEM",
             "FMRL_ERR_PROGRAM", "FMRL_ERR_BUFFER", "FMRL_ERR_INTERNAL"]
-
-# What every app script starts with: the library, its signatures, fmrl_open_options as this header lays it
-# out, and a log callback collecting (level, message).
-PRELUDE = r"""
-import ctypes, json, sys, threading
-lib = ctypes.CDLL(sys.argv[1])
-args = json.loads(sys.argv[2])
-P, I64, SZ, C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t, ctypes.c_char_p
-for name, res, argt in [
-    ("fmrl_open", ctypes.c_int, [C, P, ctypes.POINTER(P)]), ("fmrl_close", None, [P]),
-    ("fmrl_open_options_init_size", ctypes.c_int, [P, SZ]), ("fmrl_last_error", C, []),
-    ("fmrl_status_string", C, [ctypes.c_int]), ("fmrl_version", C, []), ("fmrl_version_number", ctypes.c_int, []),
-    ("fmrl_thread_count", ctypes.c_int, []), ("fmrl_granularity", ctypes.c_int32, [P]),
-    ("fmrl_k_max", ctypes.c_int32, [P]), ("fmrl_num_items", I64, [P]), ("fmrl_item_count", I64, [P]),
-    ("fmrl_state_bytes", SZ, [P]), ("fmrl_fingerprint", ctypes.c_int, [P, P]), ("fmrl_profile", C, [P]),
-    ("fmrl_item_index", I64, [P, C]), ("fmrl_item_id", C, [P, I64]),
-    ("fmrl_session_new", ctypes.c_int, [P, ctypes.POINTER(P)]), ("fmrl_session_free", None, [P]),
-    ("fmrl_session_counters", ctypes.c_int, [P, P, P, P]), ("fmrl_observe", ctypes.c_int, [P, P, C, P]),
-    ("fmrl_session_to_bytes", ctypes.c_int, [P, P, C, SZ, C, SZ, ctypes.POINTER(SZ)])]:
-    getattr(lib, name).restype, getattr(lib, name).argtypes = res, argt
-
-class Options(ctypes.Structure):
-    _fields_ = [("struct_size", SZ), ("on_unknown", ctypes.c_int), ("exclude_seen", ctypes.c_int),
-                ("bloom_bits", ctypes.c_uint32), ("bloom_hashes", ctypes.c_uint32), ("threads", ctypes.c_int),
-                ("check_executorch_version", ctypes.c_int)]
-
-LOG = []
-LOG_CB = ctypes.CFUNCTYPE(None, ctypes.c_int, C, P)(lambda level, message, user: LOG.append([level, message.decode()]))
-lib.fmrl_set_log_callback.argtypes = [ctypes.CFUNCTYPE(None, ctypes.c_int, C, P), P]
-lib.fmrl_set_log_callback(LOG_CB, None)
-
-def err():
-    return lib.fmrl_last_error().decode()
-
-def open_(bundle, options=None):
-    rec = P()
-    status = lib.fmrl_open(bundle.encode(), ctypes.cast(options, P) if options is not None else None, ctypes.byref(rec))
-    return status, rec
-
-out = {}
-"""
 
 
 def ctypes_layout(*values: int) -> bytes:
     """fmrl_open_options' bytes on a little-endian 64-bit host: struct_size, then six 32-bit fields."""
     return values[0].to_bytes(8, "little") + b"".join(v.to_bytes(4, "little") for v in values[1:])
-
-
-def run_app(build: Path, code: str, **args) -> dict:
-    lib = next(p for p in build.iterdir() if p.name.startswith("libfmrl_runtime"))
-    result = subprocess.run([sys.executable, "-c", PRELUDE + code + "\nprint(json.dumps(out))", str(lib),
-                             json.dumps(args)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +45,7 @@ class Before2(ctypes.Structure):
 class After(ctypes.Structure):
     _fields_ = Options._fields_ + [("future", ctypes.c_uint64)]
 
+
 def make(cls, size, **fields):
     # the struct in a 64-byte buffer whose bytes past struct_size are 0: a field read from there would
     # be threads 0 and check_executorch_version off
@@ -108,6 +57,7 @@ def make(cls, size, **fields):
     if size < 64:
         ctypes.memset(ctypes.addressof(buf) + size, 0, 64 - size)
     return buf
+
 
 def attempt(bundle, buf):
     status, rec = open_(bundle, buf)

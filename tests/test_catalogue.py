@@ -24,7 +24,7 @@ from fmrl_sdk.features import load_features  # noqa: E402
 from fmrl_sdk.features import sources  # noqa: E402
 from fmrl_sdk.features.pipeline import featurize  # noqa: E402
 from fmrl_sdk.data.text import DEFAULT_TEMPLATE, item_texts  # noqa: E402
-from tests.test_features import quiet, save_tiny_bert  # noqa: E402
+from tests.helpers import quiet, save_tiny_bert, save_tiny_clip  # noqa: E402
 
 GENRES = ["action", "comedy", "drama", "horror", "romance", "western", "musical", "war", "crime", "family",
           "sport", "mystery"]
@@ -367,7 +367,6 @@ def test_demo_as_csv_and_jsonl(tmp_path, capsys, tiny_default_encoder):
 def test_catalogue_image_field_is_relative_to_the_catalogue(tmp_path, capsys, tiny_default_encoder):
     from PIL import Image
 
-    from tests.test_features import save_tiny_clip
 
     data, items = write_public_shaped(tmp_path / "d", users=12, items=12)
     (tmp_path / "d" / "img").mkdir()

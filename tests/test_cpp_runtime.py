@@ -8,7 +8,6 @@ reason, only when cmake or a C++ compiler is missing.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,56 +17,8 @@ import pytest
 
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender
-from fmrl_sdk.runtime.cpp import cpp_dir
 from fmrl_sdk.simulate.commands import simulate
-from fmrl_sdk.simulate.stream import write_stream
-from tests.test_runtime import copy_bundle, rewrite_manifest
-
-KEY = b"0123456789abcdef-app-key"
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    from fmrl_sdk.data.dataset import load_dataset
-
-    return load_dataset("demo")
-
-
-@pytest.fixture(scope="session")
-def cpp_build(tmp_path_factory):
-    cmake = shutil.which("cmake")
-    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if not cmake or not cxx:
-        pytest.skip(f"needs cmake and a C++ compiler (cmake: {cmake}, compiler: {cxx})")
-    import executorch
-
-    prefix = list(executorch.__path__)[0]
-    build = tmp_path_factory.mktemp("fmrl-cpp")
-    configure = subprocess.run([cmake, "-S", str(cpp_dir()), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}",
-                                "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
-    assert configure.returncode == 0, configure.stdout + configure.stderr
-    built = subprocess.run([cmake, "--build", str(build), "-j2"], capture_output=True, text=True)
-    assert built.returncode == 0, built.stdout + built.stderr
-    return build
-
-
-def replay(build: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(build / "fmrl_replay"), *map(str, args)], capture_output=True, text=True)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-    """The one `error: ...` line of a failed run (ExecuTorch's own log lines aside)."""
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr
-    return lines[0][len("error: "):]
-
-
-def make_stream(path: Path, dataset, users: int) -> None:
-    write_stream(path, dataset.user_ids[:users], dataset.item_ids, dataset.sequences[:users], "test", seed=3)
+from tests.helpers import rewrite_manifest, copy_bundle, foreign_bundle, KEY, replay, error_line, make_stream
 
 
 BAD_LINES = [
@@ -215,11 +166,7 @@ def test_tampered_states_are_refused_with_python_reasons(art, rec, dataset, cpp_
     for i in dataset.sequences[1].tolist()[:4]:
         session.observe_index(i)
     blob = session.to_bytes()
-    other = copy_bundle(art.bundle, tmp_path / "other")
-    cold = json.loads((other / "cold_start.json").read_text())
-    cold["scores"] = [s + 1.0 for s in cold["scores"]]
-    (other / "cold_start.json").write_text(json.dumps(cold))
-    rewrite_manifest(other)
+    other = foreign_bundle(art.bundle, tmp_path / "other")
     foreign = Recommender.open(other)
     nan_state = bytearray(blob)
     nan_state[52:56] = np.float32(np.nan).tobytes()

@@ -23,7 +23,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
-from rich.console import Console  # noqa: E402
 
 from fmrl_sdk.data.dataset import load_dataset  # noqa: E402
 from fmrl_sdk.errors import FmrlError  # noqa: E402
@@ -35,62 +34,11 @@ from fmrl_sdk.runtime.vectors import read_item_vectors  # noqa: E402
 from fmrl_sdk.train.vectors import item_vectors  # noqa: E402
 from fmrl_sdk.features.sources import resolve_encoder  # noqa: E402
 from fmrl_sdk.features.text import TextEncoder, detect_pooling  # noqa: E402
-
-WORDS = ("title price brand categories beauty makeup nails nail polish lipstick red blue pink shampoo hair "
-         "care skin face cream lotion soap opi maybelline eye eyeliner gel ounce new york oil body wash "
-         "fragrance perfume untitled item tools accessories bath").split()
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), width=120)
+from tests.helpers import quiet, save_tiny_bert, save_tiny_clip  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
 # Tiny local models
-
-
-def save_tiny_bert(folder: Path, pooling: str | None = None) -> Path:
-    """A 2-layer random BERT and a WordPiece tokenizer, saved the way hub models are."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ",", ".", "-", "&"] + WORDS
-    vocab += [str(d) for d in range(10)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab += ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)] + ["##" + str(d) for d in range(10)]
-    vocab = list(dict.fromkeys(vocab))
-    # the vocabulary as a dict: transformers 5 ignores `vocab_file=` (every token would be [UNK])
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    assert "[UNK]" not in tokenizer.tokenize(f"Title: {WORDS[0]} 12, {WORDS[-1]}")
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    if pooling is not None:
-        (folder / "1_Pooling").mkdir(exist_ok=True)
-        (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
-            "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False}))
-        (folder / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
-    return folder
-
-
-def save_tiny_clip(folder: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 1, "num_attention_heads": 2},
-        projection_dim=12)
-    CLIPModel(config).eval().save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

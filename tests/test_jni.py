@@ -21,7 +21,7 @@ import pytest
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender
 from fmrl_sdk.runtime.cpp import cpp_dir
-from tests.test_cpp_runtime import KEY, cpp_build, dataset, make_stream  # noqa: F401 (fixtures)
+from tests.helpers import KEY, make_stream
 
 STRESS_CALLS = 100_000
 

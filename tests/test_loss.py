@@ -9,7 +9,7 @@ from fmrl_sdk.data.dataset import training_arrays
 from fmrl_sdk.train import loss as loss_module
 from benchmarks.reference_loss import reference_cross_entropy
 from fmrl_sdk.train.loss import nested_cross_entropy
-from tests.test_model import make_model
+from tests.helpers import make_model
 
 
 def rel(a, b):

@@ -8,21 +8,9 @@ from fmrl_sdk.data import load_dataset
 from fmrl_sdk.data.dataset import left_pad
 from fmrl_sdk.model import FMRLRec, ModelConfig, NestedLayerNorm, NestedLinear, parallel_scan
 from fmrl_sdk.model.model import LRUState
+from tests.helpers import MODEL_SIZES, make_model
 
-SIZES = (4, 8, 16, 32)
-
-
-def make_model(item_embedding="hybrid", blocks=2, num_items=60, feature_dim=12, sizes=SIZES, seed=0, whiten=False,
-               id_dims=0):
-    torch.manual_seed(seed)
-    features = torch.randn(num_items + 1, feature_dim)
-    if whiten:
-        features += 2.0 * torch.randn(feature_dim)  # off-centre, as encoder outputs are
-    features[0] = 0
-    cfg = ModelConfig(num_items=num_items, sizes=sizes, feature_dim=feature_dim, item_embedding=item_embedding,
-                      num_blocks=blocks, dropout=0.0, lru_dropout=0.0, r_min=0.4, r_max=0.99,
-                      whiten_features=whiten, id_dims=id_dims)
-    return FMRLRec(cfg, features if item_embedding != "id" else None).eval()
+SIZES = MODEL_SIZES
 
 
 def test_nested_linear_is_block_lower_triangular():

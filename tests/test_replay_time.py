@@ -14,8 +14,7 @@ import pytest
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.simulate.commands import simulate
 from fmrl_sdk.simulate.replay import TIMING_KEYS
-from tests.test_cpp_runtime import cpp_build, dataset, error_line, replay  # noqa: F401 (fixtures)
-from tests.test_runtime import copy_bundle, rewrite_manifest
+from tests.helpers import rewrite_manifest, copy_bundle, replay, error_line
 
 T0 = 1458600000          # 2016-03-21T22:40:00Z
 DAY = 86400

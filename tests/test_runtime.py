@@ -9,14 +9,11 @@ with tests/test_simulate.py through a directory under pytest's base temp dir).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,57 +21,13 @@ import torch
 
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender, false_positive_rate
+from tests.helpers import SIZE, copy_bundle, foreign_bundle, rewrite_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = 16          # granularity of the fixture bundle
-SIZES = (8, 16, 32)
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared fixture artifacts (also imported by test_simulate.py)
-
-
-def make_run(run_dir: Path) -> None:
-    """A run directory (config.json, items.json, model.safetensors) holding a seeded untrained model."""
-    from fmrl_sdk.data.dataset import load_dataset
-    from fmrl_sdk.model.model import FMRLRec, ModelConfig
-    from fmrl_sdk.train.run import save_checkpoint
-
-    dataset = load_dataset("demo")
-    torch.manual_seed(0)
-    cfg = ModelConfig(num_items=dataset.num_items, sizes=SIZES, item_embedding="id", num_blocks=1,
-                      dropout=0.0, lru_dropout=0.0)
-    model = FMRLRec(cfg).eval()
-    with torch.no_grad():  # item vector += random vectors of the items that followed it in training
-        base = torch.randn(dataset.num_items + 1, cfg.d) / cfg.d ** 0.5
-        table = base.clone()
-        for seq in dataset.train_sequences():
-            for a, b in zip(seq[:-1].tolist(), seq[1:].tolist()):
-                table[a] += base[b]
-        table[0] = 0
-        model.id_embedding.weight.copy_(table * 3)
-    run_dir.mkdir(parents=True)
-    save_checkpoint(model, run_dir)
-    (run_dir / "items.json").write_text(json.dumps(dataset.item_ids))
-    config = {"sdk_version": "0.1.0", "recipe": {"data": {"path": "demo", "max_len": 50, "min_count": 5}},
-              "model": cfg.to_dict(), "data": {"path": "demo", "name": "demo"}, "features": None}
-    (run_dir / "config.json").write_text(json.dumps(config))
-
-
-def shared_artifacts(base: Path) -> SimpleNamespace:
-    """Run dir + size-16 bundle under `base`, built once and reused by every test module."""
-    base.mkdir(parents=True, exist_ok=True)
-    run_dir, bundle = base / "run", base / "bundle"
-    if not (run_dir / "model.safetensors").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        make_run(run_dir)
-    if not (bundle / "manifest.json").exists():
-        from fmrl_sdk.deploy.export import export_bundle
-
-        export_bundle(run_dir, bundle, size=SIZE, profile="test", verify_sequences=4)
-    return SimpleNamespace(run_dir=run_dir, bundle=bundle)
-
-
+# The eager model of the shared run (the run and bundle: conftest's `art`, built by tests/helpers.py)
 
 
 @pytest.fixture(scope="module")
@@ -82,29 +35,6 @@ def model(art):
     from fmrl_sdk.train.run import load_run
 
     return load_run(art.run_dir).model
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    from fmrl_sdk.data.dataset import load_dataset
-
-    return load_dataset("demo")
-
-
-def rewrite_manifest(bundle: Path, **changes) -> None:
-    """Edit a copied bundle's manifest, re-hashing its files (a *valid* but different bundle)."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest.update(changes)
-    manifest["files"] = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest()
-                         for name in manifest["files"]}
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-
-
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    for p in dst.iterdir():
-        p.chmod(0o644)
-    return dst
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,10 +93,10 @@ def test_only_trusted_programs_skip_the_helper_process_check(art, monkeypatch):
     assert checked == [len(pte)]
 
 
-@pytest.mark.parametrize("bad", [0, -1, 10 ** 9])
-def test_program_indices_outside_the_catalogue_are_refused(art, bad):
-    """A program (tampered, yet loadable) returning an index outside [1, N] is an FmrlError, and the
-    session keeps its state (index 0 would otherwise name the last item, a huge one crash)."""
+@pytest.mark.parametrize("bad", ["short", "four outputs"])
+def test_program_outputs_not_matching_the_manifest_are_refused(art, bad):
+    """A program (tampered, yet loadable) returning scores of another length, or the four outputs of
+    programs before the runtime selected the top-k, is an FmrlError, and the session keeps its state."""
     from fmrl_sdk.runtime import Recommender
 
     rec = Recommender.open(art.bundle)
@@ -176,13 +106,13 @@ def test_program_indices_outside_the_catalogue_are_refused(art, bad):
     real = rec.engine._method
 
     def tampered(inputs):
-        scores, indices, state, hidden = real(inputs)
-        indices = indices.clone()
-        indices[-1] = bad
-        return scores, indices, state, hidden
+        scores, hidden, state = real(inputs)
+        if bad == "short":
+            return scores[:-1], hidden, state
+        return scores[:rec.k_max], scores[:rec.k_max], state, hidden
 
     rec.engine._method = tampered
-    with pytest.raises(FmrlError, match=rf"item indices outside \[1, {rec.bundle.num_items}\]"):
+    with pytest.raises(FmrlError, match="do not match the manifest"):
         session.observe(rec.item_ids[1])
     assert session.to_bytes() == before
     rec.close()
@@ -268,11 +198,7 @@ def test_restore_refuses_foreign_and_corrupt_states(rec, art, tmp_path, dataset)
     session.observe(dataset.item_ids[0])
     blob = session.to_bytes()
     # a state from another bundle (same program, different cold start -> different fingerprint)
-    other_dir = copy_bundle(art.bundle, tmp_path / "other")
-    cold = json.loads((other_dir / "cold_start.json").read_text())
-    cold["scores"] = [s + 1.0 for s in cold["scores"]]
-    (other_dir / "cold_start.json").write_text(json.dumps(cold))
-    rewrite_manifest(other_dir)
+    other_dir = foreign_bundle(art.bundle, tmp_path / "other")
     other = Recommender.open(other_dir)
     assert other.fingerprint != rec.fingerprint
     with pytest.raises(FmrlError, match="another bundle"):
@@ -480,3 +406,26 @@ def test_example_app_persists_state_across_restarts(rec, art, tmp_path, dataset)
     for item in items:
         session.observe(item)
     assert (tmp_path / "state" / "alice.state").read_bytes() == session.to_bytes()
+
+
+def test_select_topk_order_is_total_lower_index_first():
+    """The runtimes' top-k (the program returns all N scores): higher score first, equal scores the lower
+    position first, NaN below every number (with -inf, by position); the C runtime's select_topk
+    (runtime/cpp/src/internal.hpp) implements the same order, so both return the same ids."""
+    from fmrl_sdk.runtime.engine import select_topk
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.choice([1, 7, 100, 1000, 12101]))
+        k = int(rng.integers(1, min(n, 120) + 1))
+        scores = (np.round(rng.standard_normal(n) * 2) / 2).astype(np.float32)   # many ties
+        if trial % 3 == 1:
+            scores[rng.random(n) < 0.3] = np.nan
+        if trial % 3 == 2:
+            scores[rng.random(n) < 0.5] = -np.inf
+            scores[rng.random(n) < 0.2] = np.nan
+        key = np.where(np.isnan(scores), -np.inf, scores)
+        expected = sorted(range(n), key=lambda i: (-key[i], i))[:k]
+        values, positions = select_topk(scores, k)
+        assert positions.tolist() == expected and positions.dtype == np.int64
+        assert values.tobytes() == scores[expected].tobytes()

@@ -20,7 +20,7 @@ import torch
 from fmrl_sdk.simulate.commands import simulate
 from fmrl_sdk.simulate.replay import TIMING_KEYS, Options, Replay
 from fmrl_sdk.simulate.stream import write_stream
-from tests.test_runtime import SIZE
+from tests.helpers import SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {"events", "bad_lines", "latency_us", "events_per_s", "online", "online_last_event", "users",

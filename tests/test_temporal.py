@@ -18,32 +18,7 @@ from fmrl_sdk.data.dataset import load_dataset, training_arrays
 from fmrl_sdk.data.split import SplitSpec, iso
 from fmrl_sdk.errors import FmrlError
 from tests.reference_reader import read_interaction_rows
-
-DAY = 86400
-T0 = 1_600_000_000
-
-
-def write_timed_log(path: Path, users: int = 80, items: int = 40, seed: int = 0) -> Path:
-    """user,item,timestamp over 100 days, learnable (each next item 1-3 after the last); items 36-39 appear
-    only from day 70 on (new items after a late cut); a fifth of the users start after day 75 (new users);
-    some events share a timestamp (file order decides)."""
-    rng = np.random.default_rng(seed)
-    lines = ["user,item,timestamp"]
-    for u in range(users):
-        start = T0 + (int(rng.integers(75, 95)) if u % 5 == 0 else int(rng.integers(0, 60))) * DAY
-        item, ts = int(rng.integers(36)), start
-        for _ in range(int(rng.integers(6, 14))):
-            late = ts >= T0 + 70 * DAY
-            lines.append(f"u{u},i{item if late or item < 36 else item % 36},{ts}")
-            item = (item + int(rng.integers(1, 4))) % (items if late else 36)
-            ts += int(rng.integers(0, 3)) * DAY // 2   # 0: a tie with the previous event
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return load_dataset("demo")
+from tests.helpers import DAY, T0, write_timed_log
 
 
 @pytest.fixture

@@ -532,8 +532,8 @@ def test_resume_after_sigkill_and_ctrl_c_ends_with_the_weights_of_an_uninterrupt
 
     held = checkpoint.lock(run_dir)  # a run still going (here: this test holds its lock) is not resumed
     r = fmrl("train", "--resume", str(run_dir))
-    assert r.returncode == 2 and "another process is training this run" in r.stderr
-    held.close()
+    assert r.returncode == 2 and f"{run_dir}: in use by another train (pid {os.getpid()})" in r.stderr
+    checkpoint.unlock(run_dir, held)
     r = interrupt_after_next_epoch(["--resume", str(run_dir)], history, signal.SIGINT)
     assert r.returncode == 130 and f"fmrl-sdk train --resume {run_dir}" in r.stderr
     assert history.read_text().count("\n") < 12

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
 
 import typer
+
+from ..jsonio import read_json
 
 
 def register(app: typer.Typer) -> None:
@@ -43,8 +44,8 @@ def register(app: typer.Typer) -> None:
             app(args, standalone_mode=False)
             seconds[name] = time.perf_counter() - started
 
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        result = json.loads(report.read_text())
+        manifest = read_json(bundle / "manifest.json")
+        result = read_json(report)
         table = Table(title="quickstart: what was built and measured")
         table.add_column("step")
         table.add_column("seconds", justify="right")

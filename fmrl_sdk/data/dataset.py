@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
+from ..jsonio import read_json
 from . import columnar
 from .catalogue import Catalogue, read_catalogue
 from .split import SplitSpec, TimeCuts, resolve_cuts
@@ -250,7 +251,7 @@ def read_p5_folder(folder: Path) -> Dataset:
     id2item: dict[str, str] = {}
     id2user: dict[str, str] = {}
     if maps_path.exists():
-        maps = _read_json_file(maps_path)
+        maps = read_json(maps_path)
         id2item = maps.get("id2item", {})
         id2user = maps.get("id2user", {})
     seq_path = folder / "sequential_data.txt"
@@ -288,15 +289,6 @@ def read_p5_folder(folder: Path) -> Dataset:
                            "source": "meta.json" if meta_by_asin else None}}
     return Dataset(name=folder.name, source=str(folder.resolve()), sequences=sequences,
                    user_ids=users, item_ids=item_ids, item_meta=item_meta, report=report)
-
-
-def _read_json_file(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FmrlError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except (RecursionError, ValueError):  # nesting too deep, not UTF-8, an integer too long
-        raise FmrlError(f"{path}: invalid JSON (nested too deeply, not UTF-8 or a number too long)") from None
 
 
 def _read_meta(folder: Path) -> dict[str, dict]:

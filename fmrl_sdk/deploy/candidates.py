@@ -27,6 +27,7 @@ import numpy as np
 from .. import __version__
 from ..errors import FmrlError
 from ..fileio import atomic_write_json, sha256_file
+from ..jsonio import parse_json_text, read_json
 from ..runtime.recommender import session_bytes
 from .profiles import Candidate
 
@@ -81,7 +82,7 @@ class Prober:
         except BrokenPipeError:
             answer = ""
         lines = [line for line in answer.splitlines() if line.startswith("{")]
-        result = json.loads(lines[-1]) if lines else {"error": "no answer"}
+        result = parse_json_text(lines[-1], "the probe's answer") if lines else {"error": "no answer"}
         if "error" in result:
             stderr = self._proc.stderr.read()[-2000:] if self._proc.poll() is not None else ""
             raise RuntimeError(f"probe of {pte_path} failed: {result['error']} {stderr}".strip())
@@ -141,9 +142,9 @@ def measure(run, dataset, precisions=("fp32", "int8"), k_max: int = 100, refresh
     cache = {}
     if path.exists() and not refresh:
         try:
-            cache = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            cache = {}
+            cache = read_json(path)
+        except FmrlError:
+            cache = {}  # an unreadable cache is measured again
     if cache.get("key") != key:
         cache = {"key": key, "entries": {}}
     entries = cache["entries"]

@@ -107,6 +107,11 @@ def profiles_table(choices, title: str, width: int):
 
 
 def register(app: typer.Typer) -> None:
+    _register_profiles(app)
+    _register_export(app)
+
+
+def _register_profiles(app: typer.Typer) -> None:
     @app.command()
     def profiles(
         run: Optional[Path] = typer.Option(None, help="Run directory (default: newest under ./runs)."),
@@ -146,6 +151,8 @@ def register(app: typer.Typer) -> None:
                       "NDCG@10. --json lists every candidate and why it does not fit. Measurements cached in "
                       f"{loaded.path}/deploy_cache.json (--remeasure).")
 
+
+def _register_export(app: typer.Typer) -> None:
     @app.command()
     def export(
         profile: str = typer.Option(..., help="Device profile: a built-in name (devices/) or a .toml file."),

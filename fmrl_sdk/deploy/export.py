@@ -31,6 +31,7 @@ from .. import __version__
 from ..errors import FmrlError
 from ..fileio import atomic_directory, atomic_write_bytes, sha256_file
 from ..runtime.bundle import FILE_SUFFIX, FORMAT_VERSION, PROGRAM_FILE, ItemTable, pack_bundle_file, read_item_table
+from ..runtime.engine import select_topk
 from ..runtime.program import load_program
 from .step import StepModel
 
@@ -177,15 +178,20 @@ def locate_item_table(pte: bytes, rows: np.ndarray, scales: np.ndarray | None) -
 
 class Stepper:
     """A step program fed by item index: each event's vector is read from `table` as the runtime reads
-    it, then `run` (a loaded program, or an eager module) takes (x [1, s], state)."""
+    it, then `run` (a loaded program, or an eager module) takes (x [1, s], state) and returns (scores [N],
+    hidden, new_state); the top k of the scores is selected as both runtimes select it (`select_topk`).
+    Returns (top-k scores [k], internal indices [k] (1..N), new state, hidden); k: the bundle's k_max
+    (default 100, export's)."""
 
-    def __init__(self, run, table: ItemTable):
-        self.run, self.table = run, table
+    def __init__(self, run, table: ItemTable, k: int = 100):
+        self.run, self.table, self.k = run, table, k
         self._call = run.execute if hasattr(run, "execute") else (lambda inputs: run(*inputs))
 
     def __call__(self, item: int, state: torch.Tensor):
         x = torch.from_numpy(self.table.vector(int(item)))[None]
-        return self._call((x, state))
+        scores, hidden, new_state = self._call((x, state))
+        values, positions = select_topk(scores.detach().numpy().astype(np.float32, copy=False), self.k)
+        return torch.from_numpy(values), torch.from_numpy(positions + 1), new_state, hidden
 
 
 def sample_sequences(dataset, count: int = VERIFY_SEQUENCES, max_len: int = VERIFY_MAX_LEN,
@@ -268,7 +274,7 @@ def int8_quality(run, dataset, size: int, k_max: int, int8: Stepper, sequences, 
     """What int8 costs against fp32 (the manifest's `quantization`): bundle program bytes, mean top-10
     overlap on the verification sequences, validation NDCG@10 of both .pte files on `users`."""
     fp32 = build_program(make_step(run.model, size, k_max, "fp32"), "fp32")
-    fp32_step = Stepper(load_program(fp32.pte, trusted=True), fp32.table)
+    fp32_step = Stepper(load_program(fp32.pte, trusted=True), fp32.table, k_max)
     ndcg_fp32 = ndcg_at_10(fp32_step, dataset, num_state, run.info.max_len, users)
     ndcg_int8 = ndcg_at_10(int8, dataset, num_state, run.info.max_len, users)
     return {"fp32_bytes": len(fp32.pte), "int8_bytes": int8_bytes,
@@ -344,9 +350,9 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
     if SEPARATE_TABLE_FILE in program.files:
         log(f"the item table's bytes were not found exactly once in the program: {SEPARATE_TABLE_FILE} "
             f"holds a copy ({program.table_bytes:,} bytes)")
-    loaded = Stepper(load_program(program.pte, trusted=True), program.table)
+    loaded = Stepper(load_program(program.pte, trusted=True), program.table, step.k_max)
     sequences = sample_sequences(dataset, verify_sequences)
-    verification = verify_program(loaded, Stepper(program.reference, program.table), sequences, num_state)
+    verification = verify_program(loaded, Stepper(program.reference, program.table, step.k_max), sequences, num_state)
     if not verification_passed(precision, verification):
         raise FmrlError(f"size {size} {precision}: the .pte disagrees with eager on real sequences "
                         f"(max |diff| {verification['max_abs_diff']:.2e}, top-k equal {verification['topk_equal']}, "

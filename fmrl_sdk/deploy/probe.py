@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ..jsonio import parse_json_text
+
 # XNNPACK threads for reference measurements: one thread beats two at these sizes on the 2-core
 # reference machine (the second thread's wake-up costs more than it saves, more so when the machine is shared)
 REFERENCE_THREADS = 1
@@ -73,7 +75,7 @@ def serve() -> None:
         if pid == 0:
             code = 0
             try:
-                r = json.loads(line)
+                r = parse_json_text(line, "the probe request")
                 result = measure(r["program"], int(r["rows"]), int(r["cols"]), r["inputs"], int(r["events"]))
             except Exception as e:  # reported to the caller as one line, like any other answer
                 result, code = {"error": f"{type(e).__name__}: {e}"}, 1

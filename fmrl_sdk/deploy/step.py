@@ -12,13 +12,15 @@ matrix is `NestedLayerNorm.averaging_matrix`). On top of the cut, constants are 
 * a chunk LayerNorm is two products with a block-diagonal averaging matrix (no per-chunk ops).
 
 All arithmetic is real float32 (no complex dtypes). One call costs the same whatever the history
-length: a few s x s products for the blocks, one N x s product for the scores (the only read of the
-item table) and an exact two-pass top-k.
+length: a few s x s products for the blocks and one N x s product for the scores (the only read of the
+item table). The top-k is not in the program: both runtimes select the top k_max of the returned scores
+(`fmrl_sdk.runtime.engine.select_topk`, runtime/cpp/src/internal.hpp `select_topk`; issue 28 part 4,
+benchmarks/RESULTS.md "The top-k in the runtime": ExecuTorch's top-k inside the program was slower).
 
-`forward(x [1, s] float32, state [2 * blocks, s] float32) -> (scores [k], indices [k], new_state, hidden [s])`
-is the signature of docs/bundle-format.md (format 2): x is the observed item's vector, which the runtime
-reads from the bundle (export-time items: the program's own copy of the scoring table, located by the
-manifest's `item_table`) or from `add_items`; returned indices are internal (1..N).
+`forward(x [1, s] float32, state [2 * blocks, s] float32) -> (scores [N], hidden [s], new_state)` is the
+signature of docs/bundle-format.md (format 3): x is the observed item's vector, which the runtime reads from
+the bundle (export-time items: the program's own copy of the scoring table, located by the manifest's
+`item_table`) or from `add_items`; scores[i - 1] is the score of internal item i (1..N).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from ..model.model import FMRLRec
 
-STEP_VERSION = 3   # bump when the exported graph changes (invalidates deploy_cache.json measurements)
+STEP_VERSION = 4   # bump when the exported graph changes (invalidates deploy_cache.json measurements)
 
 
 class ChunkNorm(nn.Module):
@@ -95,7 +97,8 @@ class StepBlock(nn.Module):
 
 
 def topk_groups(num_items: int, k: int) -> int:
-    """Group size of `block_topk` for N items: about sqrt(N / k), which balances its two top-k passes
+    """(The in-program top-k of programs before issue 28 part 4, kept for `benchmarks/step_latency.py
+    --compare-topk`.) Group size of `block_topk` for N items: about sqrt(N / k), which balances its two top-k passes
     (N / g group maxima, then k * g candidates); 0 when grouping gains nothing (one top-k over N)."""
     group = max(2, round((num_items / max(k, 1)) ** 0.5))
     return group if -(-num_items // group) > k else 0
@@ -137,16 +140,14 @@ class ItemScorer(nn.Module):
 
 class StepModel(nn.Module):
     """Size-s recurrent step. forward(x [1, s] item vector, state [2 * blocks, s]) ->
-    (top-k scores [k], top-k indices [k] in 1..N, new state [2 * blocks, s], hidden [s]).
+    (scores [N] of items 1..N, hidden [s], new state [2 * blocks, s]).
 
     The item table [N, s] is read once per call, by the scoring product; the observed item's vector
-    comes in as x (`vector(index)` is export-time item index's row, as the runtime reads it).
-    topk_group: group size of the exact two-pass top-k (`block_topk`); None picks `topk_groups`,
-    0 is one torch.topk over N.
+    comes in as x (`vector(index)` is export-time item index's row, as the runtime reads it). k_max is
+    the bundle's (the runtimes select the top k_max of the scores) and cold_start's length.
     """
 
-    def __init__(self, model: FMRLRec, size: int, k_max: int = 100, table: torch.Tensor | None = None,
-                 topk_group: int | None = None):
+    def __init__(self, model: FMRLRec, size: int, k_max: int = 100, table: torch.Tensor | None = None):
         super().__init__()
         cfg = model.cfg
         if size not in cfg.sizes:
@@ -158,7 +159,6 @@ class StepModel(nn.Module):
             self.cold_hidden = model.empty_history_hidden(full)[:size].detach().clone()
         self.size, self.num_items, self.num_blocks = size, cfg.num_items, cfg.num_blocks
         self.k_max = min(k_max, cfg.num_items)
-        self.topk_group = topk_groups(self.num_items, self.k_max) if topk_group is None else topk_group
         self.requires_grad_(False)
         self.eval()
 
@@ -181,19 +181,20 @@ class StepModel(nn.Module):
 
     def forward(self, x: torch.Tensor, state: torch.Tensor):
         hidden, new_state = self.hidden_step(x, state)
-        values, indices = block_topk(self.scorer(hidden), self.k_max, self.topk_group)
-        return values, indices + 1, new_state, hidden[0]
+        return self.scorer(hidden)[0], hidden[0], new_state
 
     def all_scores(self, x: torch.Tensor, state: torch.Tensor):
-        """(scores over items 1..N [N], new state): the same step without top-k (for checks)."""
+        """(scores over items 1..N [N], new state): `forward` without the hidden vector (for checks)."""
         hidden, new_state = self.hidden_step(x, state)
         return self.scorer(hidden)[0], new_state
 
     def cold_start(self, k: int | None = None) -> dict:
         """Recommendation before any interaction (bundle's cold_start.json)."""
+        from ..runtime.engine import select_topk   # the runtimes' order: equal scores, lower index first
+
         k = k or self.k_max
         with torch.no_grad():
-            values, indices = torch.topk(self.scorer(self.cold_hidden[None])[0], k)
+            values, indices = select_topk(self.scorer(self.cold_hidden[None])[0].numpy(), k)
         return {"indices": (indices + 1).tolist(), "scores": values.tolist(), "hidden": self.cold_hidden.tolist()}
 
 

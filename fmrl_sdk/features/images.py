@@ -7,7 +7,6 @@ counted; it never stops a run. torch/transformers are imported only when an enco
 from __future__ import annotations
 
 import csv
-import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from ..fileio import sha256_file
+from ..jsonio import read_json
 from .sources import EncoderSource
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -68,10 +68,7 @@ def _read_mapping(spec: Path, trust_pickle: bool) -> tuple[dict[str, str], str]:
             raise FmrlError(f"{spec}: cannot read pickle ({type(e).__name__}: {e})") from None
         kind = "pickle"
     elif suffix == ".json":
-        try:
-            mapping = json.loads(spec.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise FmrlError(f"{spec}:{e.lineno}: invalid JSON ({e.msg})") from None
+        mapping = read_json(spec)
         kind = "json"
     elif suffix in (".csv", ".tsv"):
         mapping = {}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FmrlError
 from ..fileio import sha256_file
+from ..jsonio import read_json
 
 DEFAULT_ENCODERS = {"text": "BAAI/bge-large-en-v1.5", "image": "google/siglip-large-patch16-256"}
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
@@ -71,9 +71,9 @@ def _has_weights(folder: Path) -> bool:
         if not name.endswith(".index.json"):
             return True
         try:
-            shards = set(json.loads(path.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+            shards = set(read_json(path)["weight_map"].values())
+        except (FmrlError, KeyError, TypeError, AttributeError):
+            continue  # not a usable index: this folder has no weights under that name
         if shards and all((folder / s).exists() for s in shards):
             return True
     return False

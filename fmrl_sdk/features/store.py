@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from ..fileio import atomic_directory, atomic_write_json, contained_path, sha256_file
+from ..jsonio import read_json
 
 FORMAT = "fmrl-sdk/features"
 VERSION = 1
@@ -53,14 +54,7 @@ def read_manifest(features_dir: str | Path) -> dict:
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise FmrlError(f"{path}: no features manifest (not a `fmrl-sdk featurize` output folder)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise FmrlError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise FmrlError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except (RecursionError, ValueError) as e:  # nesting too deep; an integer too long to convert
-        raise FmrlError(f"{path}: invalid JSON ({'nested too deeply' if isinstance(e, RecursionError) else e})") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FmrlError(f"{path}: not a features manifest (format is not {FORMAT!r})")
     if manifest.get("version") != VERSION:

@@ -5,13 +5,13 @@ Nothing here imports torch or transformers at module level; the encoder classes 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..errors import FmrlError
+from ..jsonio import read_json
 from .sources import EncoderSource, resolve_encoder
 
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len", "last")
@@ -22,10 +22,9 @@ POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len", "last")
 
 
 def _read_json(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    """An optional model config: None when the file is absent; unreadable JSON is an FmrlError (a broken
+    config must not silently change the pooling or the length)."""
+    return read_json(path) if path.is_file() else None
 
 
 def detect_pooling(folder: Path, name: str) -> tuple[str, str]:

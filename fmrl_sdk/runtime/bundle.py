@@ -5,7 +5,6 @@ the mapping). No torch, no ExecuTorch here: numpy and the standard library only.
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import re
@@ -18,6 +17,7 @@ import numpy as np
 from .. import __version__
 from ..errors import FmrlError
 from ..fileio import contained_path
+from ..jsonio import read_json_bytes  # the JSON rules of every file the SDK reads
 
 FORMAT_VERSION = 3
 SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
@@ -180,19 +180,6 @@ def installed_executorch_version() -> str | None:
         return metadata.version("executorch")
     except metadata.PackageNotFoundError:
         return None
-
-
-def read_json_bytes(data, where: str, what: str):
-    """Decode JSON bytes (UTF-8, BOM allowed); any failure, nesting too deep included, is an FmrlError."""
-    try:
-        return json.loads(bytes(data).decode("utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise FmrlError(f"{where}:{e.lineno}: invalid JSON in {what} ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise FmrlError(f"{where}: {what} is not UTF-8") from None
-    except (RecursionError, ValueError) as e:  # nesting too deep; an integer too long to convert
-        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
-        raise FmrlError(f"{where}: invalid JSON in {what} ({reason})") from None
 
 
 def _read_contained(root: Path, name, where: Path) -> bytes:

@@ -43,6 +43,9 @@ MIN_KEY_BYTES = 16
 # test bundle: max |state| 2.3, |hidden| 9.3 over 5000 random events); a state of 1e30 makes the next
 # step's scores NaN. Anything above this bound was not written by the runtime.
 MAX_ABS_STATE = 1e8
+# Largest |value| add_items accepts in an item vector (the test bundle's table: max 9.2; 1e4 everywhere
+# still gives finite states and scores, 1e30 gives NaN). runtime.cpp's kMaxAbsVector is the same.
+MAX_ABS_VECTOR = 1e4
 
 
 def session_bytes(rows: int, size: int, k_max: int, bloom_bits: int = seen.DEFAULT_BITS) -> int:
@@ -318,9 +321,17 @@ class Recommender:
         state advances exactly as for an export-time item with the same vector (`session.added` counts
         such events), and it is scored as hidden @ vector against the step's `hidden` output, merged into
         the program's top-k. Adding an id again replaces its vector. Returns the number of new ids.
+
+        Refused (FmrlError), before anything changes: an id that is not a str or an int (bool, None, bytes,
+        float...), an empty id or one holding NUL (a C string ends there); vectors that are not finite
+        numbers or hold a value with |x| > MAX_ABS_VECTOR (real item vectors are far smaller; a 1e30 one
+        turns states and scores to NaN). The C runtime's fmrl_add_items refuses the same.
         """
-        ids = [str(i) for i in ids]
-        vectors = np.asarray(vectors, dtype=np.float32)
+        ids = [_item_id(i) for i in ids]
+        try:
+            vectors = np.asarray(vectors, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise FmrlError(f"add_items: vectors must be numbers ({e})") from None
         size = self.granularity
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise FmrlError(f"add_items: expected vectors [{len(ids)}, {size}], got {list(vectors.shape)}")
@@ -328,6 +339,10 @@ class Recommender:
             raise FmrlError(f"add_items: vectors have {vectors.shape[1]} dims, the bundle needs {size}")
         if not np.isfinite(vectors).all():
             raise FmrlError("add_items: vectors contain NaN or infinity")
+        if vectors.size and np.abs(vectors[:, :size]).max() > MAX_ABS_VECTOR:
+            raise FmrlError(f"add_items: vectors hold values with |x| above {MAX_ABS_VECTOR:g} (item vectors of "
+                            "real models are far smaller)")
+        vectors = vectors.astype(np.float32)
         if len(set(ids)) != len(ids):
             raise FmrlError("add_items: duplicate ids")
         vectors = np.ascontiguousarray(vectors[:, :size])
@@ -363,6 +378,28 @@ class Recommender:
         return self.add_items(*read_item_vectors(path))
 
 
+def _item_id(value) -> str:
+    """An item id given to add_items as the runtime keys it (str; an int as its digits), or FmrlError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, np.integer)):
+        raise FmrlError(f"add_items: ids must be strings or integers, got {type(value).__name__} {value!r:.80}")
+    text = value if isinstance(value, str) else str(int(value))
+    if not text:
+        raise FmrlError("add_items: ids must not be empty")
+    if "\0" in text:
+        raise FmrlError(f"add_items: id {text!r:.80} contains a NUL character")
+    return text
+
+
+class _ArgumentError(FmrlError, ValueError):
+    """A bad argument to a Session method: an FmrlError (one line in the CLI), still a ValueError as before."""
+
+
+def _integer(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise _ArgumentError(f"{name} must be an integer, got {type(value).__name__} {value!r:.80}")
+    return int(value)
+
+
 class Session:
     """One user's state: LRU state, the last step's top-k_max and hidden vector, a Bloom filter of seen
     items and three counters. Its size is constant (`Recommender.state_bytes`) whatever the history
@@ -379,6 +416,8 @@ class Session:
 
     def observe(self, item_id) -> bool:
         """Feed one interaction (external item id). True if the state advanced."""
+        if isinstance(item_id, str) and "\0" in item_id:
+            raise _ArgumentError(f"observe: item id {item_id!r:.80} contains a NUL character")
         index = self._rec.resolve(item_id)
         if index is None:
             self.unknown += 1
@@ -387,6 +426,7 @@ class Session:
 
     def observe_index(self, index: int) -> bool:
         """`observe` by internal index (1..N for export-time items, above N for added items)."""
+        index = _integer(index, "observe_index: index")
         rec = self._rec
         catalog = rec._catalog
         positions = catalog.positions
@@ -424,6 +464,11 @@ class Session:
     def recommend(self, k: int = 10, exclude_seen: bool | None = None) -> list[tuple[str, float]]:
         """[(item_id, score)] best first. Before any observe this is the bundle's cold start.
         exclude_seen=None uses the Recommender's default."""
+        k = _integer(k, "recommend: k")
+        if not 1 <= k <= self._rec.k_max:
+            raise _ArgumentError(f"recommend: k must be in [1, {self._rec.k_max}] (the bundle's k_max), got {k}")
+        if exclude_seen is not None and not isinstance(exclude_seen, (bool, np.bool_)):
+            raise _ArgumentError(f"recommend: exclude_seen must be True, False or None, got {exclude_seen!r:.80}")
         indices, scores = self.top(k, exclude_seen)
         ids = self._rec._catalog.ids
         return [(ids[i - 1], s) for i, s in zip(indices.tolist(), scores.tolist())]

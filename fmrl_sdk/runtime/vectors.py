@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from ..fileio import atomic_write_bytes, atomic_write_json
+from ..jsonio import parse_json_text, read_json
 
 VECTORS_FORMAT = "fmrl-sdk/item-vectors"
 SUFFIXES = (".safetensors", ".json")
@@ -42,10 +43,10 @@ def read_item_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
     if not path.is_file():
         raise FmrlError(f"{path}: file not found")
     if path.suffix.lower() == ".json":
+        obj = read_json(path)
         try:
-            obj = json.loads(path.read_text())
             ids, vectors = obj["ids"], np.asarray(obj["vectors"], dtype=np.float32)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise FmrlError(f"{path}: expected {{\"ids\": [...], \"vectors\": [[...]]}} ({e})") from None
         if not isinstance(ids, list):
             raise FmrlError(f"{path}: 'ids' is not a JSON list")
@@ -66,8 +67,8 @@ def read_item_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
     if raw is None:
         raise FmrlError(f"{path}: metadata has no 'ids' (JSON list of item ids)")
     try:
-        ids = json.loads(raw)
-    except json.JSONDecodeError:
+        ids = parse_json_text(raw, str(path), "metadata 'ids'")
+    except FmrlError:
         raise FmrlError(f"{path}: metadata 'ids' is not a JSON list") from None
     if not isinstance(ids, list):
         raise FmrlError(f"{path}: metadata 'ids' is not a JSON list")

@@ -11,7 +11,8 @@ counted by kind with its line number, when it is:
     duplicate_key   an object (at any depth) with the same key twice (JSON parsers disagree on which wins)
     not_object      JSON, but not an object
     missing_field   no "user" or "item" (absent, null or "")
-    wrong_type      user/item not a string or integer, ts not a finite number, event not a string
+    wrong_type      user/item not a string or integer, or a string holding NUL ("\\u0000"), ts not a
+                    finite number, event not a string
     unknown_item    item not in the bundle
     ts_backwards    ts smaller than the same user's previous valid event
     missing_ts      no ts while a time cut is in force (simulate cannot place the event before or after it)
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+
+from ..jsonio import DuplicateKey, object_without_duplicates
 
 BAD_KINDS = ("invalid_json", "duplicate_key", "not_object", "missing_field", "wrong_type", "unknown_item",
              "ts_backwards", "missing_ts")
@@ -40,20 +43,7 @@ class BadLine(Exception):
         self.kind, self.what = kind, what
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _object_without_duplicates(pairs: list) -> dict:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set = set()
-        key = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise _DuplicateKey(key)
-    return obj
-
-
-_decoder = json.JSONDecoder(object_pairs_hook=_object_without_duplicates)
+_decoder = json.JSONDecoder(object_pairs_hook=object_without_duplicates)
 
 
 def parse_line(raw: bytes):
@@ -63,7 +53,7 @@ def parse_line(raw: bytes):
         raw = raw[len(BOM):]
     try:
         obj = _decoder.decode(raw.decode("utf-8"))
-    except _DuplicateKey as e:
+    except DuplicateKey as e:
         raise BadLine("duplicate_key", f"duplicate key {e.args[0]!r}") from None
     except UnicodeDecodeError:
         raise BadLine("invalid_json", "not UTF-8") from None
@@ -98,6 +88,11 @@ def check_fields(obj) -> tuple[str, str, object]:
         raise BadLine("wrong_type", f"'user' must be a string or an integer, got {type(user).__name__}")
     if not _id_type_ok(item):
         raise BadLine("wrong_type", f"'item' must be a string or an integer, got {type(item).__name__}")
+    # an id holding NUL cannot cross the C ABI (a C string ends there): refused alike by both runtimes
+    if type(user) is str and "\0" in user:
+        raise BadLine("wrong_type", "'user' must not contain NUL characters")
+    if type(item) is str and "\0" in item:
+        raise BadLine("wrong_type", "'item' must not contain NUL characters")
     ts = obj.get("ts")
     if ts is not None:
         t = type(ts)

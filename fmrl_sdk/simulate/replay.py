@@ -21,6 +21,11 @@ process).
 
 --out is written to a hidden sibling, `.NAME.partial`, and renamed to NAME when the replay completes: an
 existing NAME is never truncated in place, and a killed run leaves NAME as it was.
+
+One replay at a time per --state-dir and per --out: the replay holds an exclusive lock (flock) on
+`STATE_DIR/simulate.lock` and on `.NAME.lock` beside --out (fmrl_replay takes the same one) from start to
+end; a second one is refused before it writes anything ("DIR: in use by another simulate (pid N)"). The
+OS drops a lock when its process dies, SIGKILL included; the file is removed when the replay ends.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, exclusive_lock, release_lock
+from ..jsonio import read_json_bytes
 from .events import BAD_KINDS, BadLine, parse_line
 from .scoring import Cut, Scoring, Window
 
 SNAPSHOT = "snapshot.bin"
+LOCK = "simulate.lock"     # inside --state-dir; `.NAME.lock` beside --out
 SNAPSHOT_MAGIC = b"FMRLSNAP"
 SNAPSHOT_VERSION = 2   # 2: the time-aware scoring state (scoring.py) and per-user flags
 MAX_BAD_SAMPLES = 100
@@ -164,7 +171,7 @@ class Replay:
         if version != SNAPSHOT_VERSION:
             raise FmrlError(f"{path}: snapshot version {version}, expected {SNAPSHOT_VERSION}")
         start = len(SNAPSHOT_MAGIC) + 12
-        header = json.loads(body[start:start + head_len])
+        header = read_json_bytes(body[start:start + head_len], str(path), "the snapshot header")
         if header["bundle_fingerprint"] != self.rec.fingerprint:
             raise FmrlError(f"{path}: snapshot was made with another bundle; resume with the same --bundle")
         if header["options"] != self._options_key():
@@ -229,9 +236,26 @@ class Replay:
             c.bad_samples.append({"line": lineno, "kind": kind, "what": what})
 
     def run(self, resume: bool = False, progress=None) -> dict:
-        """Replay the stream (from the snapshot if `resume`); returns the report."""
+        """Replay the stream (from the snapshot if `resume`); returns the report. Holds the state dir's
+        and --out's locks throughout (see the module docstring)."""
+        if resume and self.state_dir is None:
+            raise FmrlError("--resume needs --state-dir")
+        locks: list[tuple[Path, int | None]] = []
+        try:
+            if self.state_dir is not None:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                locks.append((self.state_dir / LOCK, exclusive_lock(self.state_dir / LOCK, self.state_dir, "simulate")))
+            if self.out is not None:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+                path = self.out.with_name(f".{self.out.name}.lock")
+                locks.append((path, exclusive_lock(path, self.out, "simulate")))
+            return self._run(resume, progress)
+        finally:
+            for path, fd in reversed(locks):
+                release_lock(path, fd)
+
+    def _run(self, resume: bool, progress) -> dict:
         if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.state_dir.glob(f".{SNAPSHOT}.*.tmp"):  # a write cut short by a kill
                 stale.unlink(missing_ok=True)
             has_snapshot = (self.state_dir / SNAPSHOT).exists()

@@ -27,33 +27,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, exclusive_lock, release_lock
+from ..jsonio import parse_json_text, read_json
 from .run import CHECKPOINT, save_checkpoint, write_metrics
 
 TENSORS, META, LOCK = "train_state.safetensors", "train_state.json", ".lock"
 FORMAT = "fmrl-sdk-train-state/1"
 
 
-def lock(run_dir: Path):
-    """Hold an exclusive lock on the run directory while training (the OS drops it when the process dies,
-    SIGKILL included), so that a resume cannot race a run that is still going. Returns the open file."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    handle = open(run_dir / LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise FmrlError(f"{run_dir}: another process is training this run (wait for it, or stop it first)") from None
-    return handle
+def lock(run_dir: Path) -> int | None:
+    """Hold an exclusive lock on the run directory while training (fileio.exclusive_lock: dropped by the OS
+    when the process dies, SIGKILL included), so that a resume cannot race a run that is still going."""
+    return exclusive_lock(run_dir / LOCK, run_dir, "train")
 
 
-def unlock(run_dir: Path, handle) -> None:
-    if handle is not None:
-        (run_dir / LOCK).unlink(missing_ok=True)
-        handle.close()
+def unlock(run_dir: Path, handle: int | None) -> None:
+    release_lock(run_dir / LOCK, handle)
 
 
 def check_resumable(run_dir: Path) -> None:
@@ -118,17 +107,17 @@ def load_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = run_dir / TENSORS
     try:
         with safe_open(str(path), "pt") as f:
-            embedded = json.loads((f.metadata() or {})["train_state"])
+            embedded = parse_json_text((f.metadata() or {})["train_state"], str(path), "train_state")
         tensors = load_file(str(path))
     except FileNotFoundError:
         raise FmrlError(f"{path}: not found") from None
-    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+    except (SafetensorError, KeyError, FmrlError, OSError) as e:
         raise FmrlError(f"{path}: not a readable training state ({type(e).__name__})") from None
     meta = embedded
     if (run_dir / META).exists():
         try:
-            written = json.loads((run_dir / META).read_text())
-        except json.JSONDecodeError:
+            written = read_json(run_dir / META)
+        except FmrlError:
             written = {}
         if written.get("token") == embedded.get("token"):
             meta = written  # same epoch; the JSON file may carry later flags ("finished")
@@ -183,12 +172,12 @@ def reconcile(run_dir: Path, meta: dict, model, best_weights: dict | None) -> No
 
 def mark_finished(run_dir: Path) -> None:
     path = run_dir / META
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
     atomic_write_json(path, {**meta, "finished": True})
 
 
 def _epoch_of(line: str) -> int:
     try:
-        return int(json.loads(line)["epoch"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return int(parse_json_text(line, "history.jsonl")["epoch"])
+    except (FmrlError, KeyError, TypeError, ValueError):
         return 1 << 30  # unreadable lines (a torn write cannot happen: appends are atomic) are dropped

@@ -10,10 +10,16 @@ from typing import Optional
 import typer
 
 from ..errors import FmrlError
-from ..fileio import read_json
+from ..jsonio import read_json
 
 
 def register(app: typer.Typer) -> None:
+    _register_train(app)
+    _register_eval(app)
+    _register_recipes(app)
+
+
+def _register_train(app: typer.Typer) -> None:
     @app.command()
     def train(
         recipe: Optional[str] = typer.Option(None, help="Recipe .toml, or a built-in name (demo, beauty, ...: `fmrl-sdk recipes`). Default: demo."),
@@ -36,13 +42,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: one GPU per process)."),
     ):
         """Train one nested model that holds every granularity; writes a run directory."""
-        from rich.console import Console
-
-        from ..data.dataset import report_line
-        from . import checkpoint, distributed
-        from .recipe import Recipe, find_recipe, load_recipe
-        from .report import metrics_table
-        from .trainer import prepare, train as run_training
+        from . import distributed
+        from .trainer import prepare
 
         overrides = {"recipe": recipe, "data": data, "features": features, "items": items, "stride": stride,
                      "split": split, "test-from": test_from, "val-from": val_from, "out": out, "epochs": epochs,
@@ -52,70 +53,18 @@ def register(app: typer.Typer) -> None:
             raise FmrlError(f"--nproc {nproc}: expected at least 1")
         distributed.check_device(device, nproc)
         if resume is not None:
-            given = [f"--{k}" for k, v in overrides.items() if v is not None]
-            if given:
-                raise FmrlError(f"--resume continues the run's own recipe; drop {', '.join(given)}")
-            run_dir = resume
-            if not (run_dir / "config.json").exists():
-                raise FmrlError(f"{run_dir}: not a run directory (no config.json)")
-            config = read_json(run_dir / "config.json")
-            if not isinstance(config, dict) or "recipe" not in config:
-                raise FmrlError(f"{run_dir / 'config.json'}: not a run configuration (no recipe)")
-            rec = Recipe.from_dict(config["recipe"], source=str(run_dir / "config.json"))
-            checkpoint.check_resumable(run_dir)
+            rec, run_dir = _resume_recipe(resume, overrides)
         else:
-            recipe_path, recipe_base = find_recipe(recipe or "demo")
-            rec = load_recipe(recipe_path, recipe_base)
-            rec.override("data", "path", data)
-            rec.override("data", "features", str(Path(features).resolve()) if features else None)
-            rec.override("data", "items", str(Path(items).resolve()) if items else None)
-            rec.override("data", "stride", stride)
-            rec.override_split(split, test_from, val_from)
-            rec.override("train", "epochs", epochs)
-            rec.override("train", "seed", seed)
-            rec.override("train", "loss", loss)
-            rec.override("model", "item_embedding", item_embedding)
-            rec.override("train", "init_from", overrides["init-from"])
-            if sizes:
-                try:
-                    rec.override("model", "sizes", [int(s) for s in sizes.split(",")])
-                except ValueError:
-                    raise FmrlError(f"--sizes {sizes!r}: expected comma-separated integers") from None
-            run_dir = out or Path("runs") / f"{recipe_path.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-            if run_dir.exists():
-                raise FmrlError(f"{run_dir}: already exists (choose another --out, or --resume it)")
+            rec, run_dir = _new_recipe(overrides)
         prepared = prepare(rec)
         if resume is not None and read_json(run_dir / "items.json") != prepared.dataset.item_ids:
             raise FmrlError(f"{run_dir}: the run's items differ from {prepared.dataset.source}")
         if nproc > 1:  # every worker re-validates the same input; the run directory is fixed here
-            args = ["--resume", str(run_dir)] if resume is not None else [
-                "--recipe", recipe or "demo", "--out", str(run_dir),
-                *[a for k, v in overrides.items() if v is not None and k not in ("recipe", "out")
-                  for a in (f"--{k}", str(v))]]
-            code = distributed.launch(nproc, ["train", *args, "--device", device])
-            if code and (run_dir / checkpoint.TENSORS).exists():
-                print(f"stopped: continue with `fmrl-sdk train --resume {run_dir} --nproc {nproc}`", file=sys.stderr)
-            sys.exit(code)
+            _relaunch(run_dir, resume is not None, overrides, nproc, device)
+        _train_here(prepared, run_dir, rec, resume is not None, device)
 
-        dist = distributed.setup(device)
-        console = Console()
-        if dist.main:
-            console.print(report_line(prepared.dataset, rec.data.max_len, rec.data.stride))
-        finished = False
-        try:
-            run_dir = Path(distributed.broadcast_text(str(run_dir), dist))
-            result = run_training(prepared, run_dir, console, dist, resume=resume is not None)
-            finished = True
-        except KeyboardInterrupt:  # the last completed epoch is saved: say how to continue
-            if dist.main and (run_dir / "config.json").exists():
-                print(f"interrupted: continue with `fmrl-sdk train --resume {run_dir}`", file=sys.stderr)
-            sys.exit(130)
-        finally:
-            distributed.teardown(dist, together=finished)
-        if dist.main:
-            console.print(metrics_table(result["test"], f"test (best epoch {result['best_epoch']}) - {run_dir}"))
-            console.print(f"run written to [bold]{run_dir}[/]")
 
+def _register_eval(app: typer.Typer) -> None:
     @app.command("eval")
     def evaluate_cmd(
         run: Optional[Path] = typer.Option(None, help="Run directory (default: newest under ./runs)."),
@@ -159,6 +108,8 @@ def register(app: typer.Typer) -> None:
                                f"{dataset.name} {key}")
             console.print(f"plot: {png}" if png else "plot skipped (pip install matplotlib)")
 
+
+def _register_recipes(app: typer.Typer) -> None:
     @app.command("recipes")
     def recipes_cmd(
         show: Optional[str] = typer.Option(None, help="Print this recipe's TOML (to copy and edit)."),
@@ -188,3 +139,93 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print("Relative paths of a built-in recipe start from ./recipes/ here (a checkout's recipes/); "
                       "to change them: `fmrl-sdk recipes --show NAME > my.toml`, edit, `train --recipe my.toml`.")
+
+
+def _resume_recipe(run_dir: Path, overrides: dict):
+    """(recipe, run directory) of `train --resume RUN`: the run's own recipe, no override allowed; FmrlError
+    when RUN is not a run, is being trained or has finished."""
+    from . import checkpoint
+    from .recipe import Recipe
+
+    given = [f"--{k}" for k, v in overrides.items() if v is not None]
+    if given:
+        raise FmrlError(f"--resume continues the run's own recipe; drop {', '.join(given)}")
+    if not (run_dir / "config.json").exists():
+        raise FmrlError(f"{run_dir}: not a run directory (no config.json)")
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config, dict) or "recipe" not in config:
+        raise FmrlError(f"{run_dir / 'config.json'}: not a run configuration (no recipe)")
+    rec = Recipe.from_dict(config["recipe"], source=str(run_dir / "config.json"))
+    checkpoint.check_resumable(run_dir)
+    return rec, run_dir
+
+
+def _new_recipe(overrides: dict):
+    """(recipe, run directory) of a fresh `train`: the named recipe with the command line's overrides; the
+    run directory (--out, or runs/<recipe>-<time>) must not exist yet."""
+    from .recipe import find_recipe, load_recipe
+
+    data, features, items, sizes = (overrides[k] for k in ("data", "features", "items", "sizes"))
+    recipe_path, recipe_base = find_recipe(overrides["recipe"] or "demo")
+    rec = load_recipe(recipe_path, recipe_base)
+    rec.override("data", "path", data)
+    rec.override("data", "features", str(Path(features).resolve()) if features else None)
+    rec.override("data", "items", str(Path(items).resolve()) if items else None)
+    rec.override("data", "stride", overrides["stride"])
+    rec.override_split(overrides["split"], overrides["test-from"], overrides["val-from"])
+    rec.override("train", "epochs", overrides["epochs"])
+    rec.override("train", "seed", overrides["seed"])
+    rec.override("train", "loss", overrides["loss"])
+    rec.override("model", "item_embedding", overrides["item-embedding"])
+    rec.override("train", "init_from", overrides["init-from"])
+    if sizes:
+        try:
+            rec.override("model", "sizes", [int(s) for s in sizes.split(",")])
+        except ValueError:
+            raise FmrlError(f"--sizes {sizes!r}: expected comma-separated integers") from None
+    run_dir = overrides["out"] or Path("runs") / f"{recipe_path.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists():
+        raise FmrlError(f"{run_dir}: already exists (choose another --out, or --resume it)")
+    return rec, run_dir
+
+
+def _relaunch(run_dir: Path, resume: bool, overrides: dict, nproc: int, device: str):
+    """Run this command again in `nproc` torchrun workers (on the fixed run directory) and exit with their code."""
+    from . import checkpoint, distributed
+
+    args = ["--resume", str(run_dir)] if resume else [
+        "--recipe", overrides["recipe"] or "demo", "--out", str(run_dir),
+        *[a for k, v in overrides.items() if v is not None and k not in ("recipe", "out") for a in (f"--{k}", str(v))]]
+    code = distributed.launch(nproc, ["train", *args, "--device", device])
+    if code and (run_dir / checkpoint.TENSORS).exists():
+        print(f"stopped: continue with `fmrl-sdk train --resume {run_dir} --nproc {nproc}`", file=sys.stderr)
+    sys.exit(code)
+
+
+def _train_here(prepared, run_dir: Path, rec, resume: bool, device: str) -> None:
+    """Train in this process (one of the torchrun workers, or alone) and print the test metrics."""
+    from rich.console import Console
+
+    from ..data.dataset import report_line
+    from . import distributed
+    from .report import metrics_table
+    from .trainer import train as run_training
+
+    dist = distributed.setup(device)
+    console = Console()
+    if dist.main:
+        console.print(report_line(prepared.dataset, rec.data.max_len, rec.data.stride))
+    finished = False
+    try:
+        run_dir = Path(distributed.broadcast_text(str(run_dir), dist))
+        result = run_training(prepared, run_dir, console, dist, resume=resume)
+        finished = True
+    except KeyboardInterrupt:  # the last completed epoch is saved: say how to continue
+        if dist.main and (run_dir / "config.json").exists():
+            print(f"interrupted: continue with `fmrl-sdk train --resume {run_dir}`", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        distributed.teardown(dist, together=finished)
+    if dist.main:
+        console.print(metrics_table(result["test"], f"test (best epoch {result['best_epoch']}) - {run_dir}"))
+        console.print(f"run written to [bold]{run_dir}[/]")

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from ..data.split import SplitSpec
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..fileio import atomic_write_bytes, atomic_write_json
+from ..jsonio import read_json
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +147,7 @@ def save_checkpoint(model: FMRLRec, run_dir: Path, state: dict | None = None) ->
 
 def write_metrics(run_dir: Path, split: str, metrics: dict[int, dict[str, float]]) -> None:
     path = run_dir / "metrics.json"
-    current = json.loads(path.read_text()) if path.exists() else {}
+    current = read_json(path) if path.exists() else {}
     current[split] = {str(size): values for size, values in metrics.items()}
     atomic_write_json(path, current)
 

@@ -310,8 +310,12 @@ def _data_record(prep: Prepared) -> dict:
 
 def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist, data: dict,
                     init_from: dict | None = None) -> None:
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:  # atomic: of two runs started with the same --out, exactly one creates it
+        run_dir.mkdir()
+    except FileExistsError:
+        raise FmrlError(f"{run_dir}: already exists (choose another --out, or --resume it)") from None
     recipe, dataset = prep.recipe, prep.dataset
-    run_dir.mkdir(parents=True, exist_ok=False)
     atomic_write_json(run_dir / "items.json", dataset.item_ids)
     atomic_write_json(run_dir / "config.json", {
         "sdk_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -134,8 +134,32 @@ Json read_json_bytes(const Blob& blob, const std::string& where, const std::stri
   } catch (const Json::type_error&) {
     refuse(where + ": " + what + " is not UTF-8");
   }
+  // A key twice in one object is refused (jsonio.object_without_duplicates): like Python, report the first
+  // repeated key of the first object to close with one (inner objects close before outer ones).
+  std::vector<std::pair<std::set<std::string>, std::string>> open_objects;  // keys seen, first repeat
+  std::string duplicate;
+  bool found = false;
+  const Json::parser_callback_t track = [&](int, Json::parse_event_t event, Json& parsed) {
+    if (event == Json::parse_event_t::object_start) {
+      open_objects.emplace_back();
+    } else if (event == Json::parse_event_t::key && !open_objects.empty()) {
+      auto& [keys, repeat] = open_objects.back();
+      const std::string& key = parsed.get_ref<const std::string&>();
+      if (!keys.insert(key).second && repeat.empty()) repeat = key.empty() ? std::string(1, '\0') : key;
+    } else if (event == Json::parse_event_t::object_end && !open_objects.empty()) {
+      if (!found && !open_objects.back().second.empty()) {
+        found = true;
+        duplicate = open_objects.back().second;
+        if (duplicate == std::string(1, '\0')) duplicate.clear();
+      }
+      open_objects.pop_back();
+    }
+    return true;
+  };
   try {
-    return Json::parse(begin, end);
+    Json parsed = Json::parse(begin, end, track);
+    if (found) refuse(where + ": invalid JSON in " + what + " (duplicate key " + py_repr_str(head(duplicate, 80)) + ")");
+    return parsed;
   } catch (const Json::parse_error& e) {
     size_t line = 1;
     for (const char* c = begin; c < end && c < begin + e.byte; ++c) line += *c == '\n';

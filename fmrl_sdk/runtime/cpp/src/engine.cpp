@@ -61,8 +61,7 @@ struct Engine::Impl {
   std::unique_ptr<TensorImpl> x_impl, state_impl;
   int32_t rows, size, k_max;
   int64_t num_items;
-  std::vector<int32_t> indices;  // the step's indices, checked before any output is written
-  bool float_indices = false;
+  TopkScratch topk;              // select_topk's scratch
   std::mutex mutex;
 };
 
@@ -107,7 +106,6 @@ Engine::Engine(std::shared_ptr<const Blob> program_bytes, const std::string& met
   et::runtime_init();
   Impl& m = *impl_;
   m.rows = rows, m.size = size, m.k_max = k_max, m.num_items = num_items;
-  m.indices.assign(k_max, 0);
   m.program_bytes = std::move(program_bytes);
   m.loader = std::make_unique<executorch::extension::BufferDataLoader>(m.program_bytes->data(),
                                                                        m.program_bytes->size());
@@ -138,10 +136,10 @@ Engine::Engine(std::shared_ptr<const Blob> program_bytes, const std::string& met
                            " planned buffer(s) of " + std::to_string(planned_bytes) + " bytes, " +
                            std::to_string(PoolShare::thread_count()) + " CPU thread(s)");
   }
-  if (m.method->inputs_size() != 2 || m.method->outputs_size() < 4)
+  if (m.method->inputs_size() != 2 || m.method->outputs_size() != 3)
     program_error("the program takes " + std::to_string(m.method->inputs_size()) + " inputs and returns " +
-                  std::to_string(m.method->outputs_size()) + " outputs; expected (x, state) -> (scores, indices, "
-                  "new_state, hidden)");
+                  std::to_string(m.method->outputs_size()) + " outputs; expected (x, state) -> (scores, hidden, "
+                  "new_state), format 3");
   m.x.assign(size, 0.0f);
   m.state.assign(static_cast<size_t>(rows) * size, 0.0f);
   m.x_sizes[0] = 1, m.x_sizes[1] = size, m.x_strides[0] = size, m.x_strides[1] = 1;
@@ -155,23 +153,17 @@ Engine::Engine(std::shared_ptr<const Blob> program_bytes, const std::string& met
     program_error("the program does not take (x float32 [1, " + std::to_string(size) + "], state float32 [" +
                   std::to_string(rows) + ", " + std::to_string(size) + "])");
   if (m.method->execute() != et::Error::Ok) program_error("the program failed on its first call");
-  const Tensor scores = m.method->get_output(0).toTensor(), indices = m.method->get_output(1).toTensor();
-  const Tensor new_state = m.method->get_output(2).toTensor(), hidden = m.method->get_output(3).toTensor();
-  if (indices.scalar_type() != ScalarType::Long) {
-    // some int8 exports return the top-k indices as float32: exact below 2^24 items (engine.py)
-    if (indices.scalar_type() != ScalarType::Float)
-      program_error("the program returns indices as dtype " + std::to_string(int(indices.scalar_type())) +
-                    ", expected int64");
-    m.float_indices = true;
-  }
-  const bool ok = scores.dim() == 1 && scores.size(0) == k_max && new_state.dim() == 2 && new_state.size(0) == rows &&
-                  new_state.size(1) == size && hidden.dim() == 1 && hidden.size(0) == size &&
-                  scores.scalar_type() == ScalarType::Float && new_state.scalar_type() == ScalarType::Float &&
-                  hidden.scalar_type() == ScalarType::Float && indices.numel() == k_max;
+  const Tensor scores = m.method->get_output(0).toTensor(), hidden = m.method->get_output(1).toTensor();
+  const Tensor new_state = m.method->get_output(2).toTensor();
+  const bool ok = scores.dim() == 1 && scores.size(0) == num_items && new_state.dim() == 2 &&
+                  new_state.size(0) == rows && new_state.size(1) == size && hidden.dim() == 1 &&
+                  hidden.size(0) == size && scores.scalar_type() == ScalarType::Float &&
+                  new_state.scalar_type() == ScalarType::Float && hidden.scalar_type() == ScalarType::Float;
   if (!ok)
-    program_error("the program's outputs [" + shape_tuple(scores) + ", " + shape_tuple(indices) + ", " +
-                  shape_tuple(new_state) + ", " + shape_tuple(hidden) + "] do not match the manifest (k_max " +
-                  std::to_string(k_max) + ", state [" + std::to_string(rows) + ", " + std::to_string(size) + "])");
+    program_error("the program's outputs [" + shape_tuple(scores) + ", " + shape_tuple(hidden) + ", " +
+                  shape_tuple(new_state) + "] do not match the manifest (scores [" + std::to_string(num_items) +
+                  "], hidden [" + std::to_string(size) + "], state [" + std::to_string(rows) + ", " +
+                  std::to_string(size) + "]): expected (scores, hidden, new_state), format 3");
 }
 
 Engine::~Engine() = default;
@@ -188,22 +180,17 @@ void Engine::step(const float* x, const float* state, float* scores, int32_t* in
     program_error("ExecuTorch refused the step's inputs");
   const et::Error err = m.method->execute();
   if (err != et::Error::Ok) program_error("ExecuTorch step failed with error " + std::to_string(int(err)));
-  const Tensor out_indices = m.method->get_output(1).toTensor();
-  for (int32_t r = 0; r < m.k_max; ++r) {
-    // written so that NaN (float indices) fails too; casting an out-of-range float is undefined
-    const bool ok = m.float_indices
-                        ? (out_indices.const_data_ptr<float>()[r] >= 1.0f &&
-                           out_indices.const_data_ptr<float>()[r] <= static_cast<float>(m.num_items))
-                        : (out_indices.const_data_ptr<int64_t>()[r] >= 1 &&
-                           out_indices.const_data_ptr<int64_t>()[r] <= m.num_items);
-    if (!ok) program_error("the program returned item indices outside [1, " + std::to_string(m.num_items) + "]");
-    m.indices[r] = m.float_indices ? static_cast<int32_t>(out_indices.const_data_ptr<float>()[r])
-                                   : static_cast<int32_t>(out_indices.const_data_ptr<int64_t>()[r]);
-  }
-  std::memcpy(scores, m.method->get_output(0).toTensor().const_data_ptr<float>(), static_cast<size_t>(m.k_max) * 4);
-  std::memcpy(indices, m.indices.data(), static_cast<size_t>(m.k_max) * 4);
-  std::memcpy(new_state, m.method->get_output(2).toTensor().const_data_ptr<float>(), m.state.size() * 4);
-  std::memcpy(hidden, m.method->get_output(3).toTensor().const_data_ptr<float>(), static_cast<size_t>(m.size) * 4);
+  // dtypes were checked when the program was loaded; sizes again here, before anything is read or written
+  const Tensor all = m.method->get_output(0).toTensor(), out_hidden = m.method->get_output(1).toTensor();
+  const Tensor out_state = m.method->get_output(2).toTensor();
+  if (all.numel() != m.num_items || out_hidden.numel() != m.size ||
+      out_state.numel() != static_cast<ssize_t>(m.state.size()))
+    program_error("the program's outputs [" + shape_tuple(all) + ", " + shape_tuple(out_hidden) + ", " +
+                  shape_tuple(out_state) + "] do not match the manifest");
+  select_topk(all.const_data_ptr<float>(), m.num_items, m.k_max, m.topk, scores, indices);
+  for (int32_t r = 0; r < m.k_max; ++r) indices[r] += 1;  // positions 0..N-1 -> internal indices 1..N
+  std::memcpy(new_state, out_state.const_data_ptr<float>(), m.state.size() * 4);
+  std::memcpy(hidden, out_hidden.const_data_ptr<float>(), static_cast<size_t>(m.size) * 4);
 }
 
 }  // namespace fmrl

@@ -2,8 +2,11 @@
 // the error messages are the Python runtime's, word for word where the inputs allow.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -95,6 +98,88 @@ Bundle load_bundle_fd(int fd, uint64_t offset, uint64_t length, bool check_execu
 // caller keeps it alive and unchanged until fmrl_close), else copied once.
 Bundle load_bundle_buffer(const void* data, size_t size, bool check_executorch_version);
 
+// The top k of a program's scores (the program returns all N; the runtime selects, issue 28 part 4).
+struct Ranked {
+  float score;
+  int32_t position;
+};
+
+// a ranks above b: higher score first, equal scores the lower position first, NaN below every number
+// (NaN and -inf by position). The order of select_topk in fmrl_sdk/runtime/engine.py: both runtimes return
+// the same ids in the same order.
+inline bool ranks_above(const Ranked& a, const Ranked& b) {
+  const float x = std::isnan(a.score) ? -INFINITY : a.score, y = std::isnan(b.score) ? -INFINITY : b.score;
+  return x > y || (x == y && a.position < b.position);
+}
+
+struct TopkScratch {
+  std::vector<float> maxima, order;
+  std::vector<Ranked> candidates;
+};
+
+// max(scores[begin, end)) over the numbers (NaN never wins; -inf when there are none): 16 independent lanes.
+inline float block_max(const float* scores, int64_t begin, int64_t end) {
+  constexpr int kLanes = 16;
+  float lane[kLanes];
+  for (float& l : lane) l = -INFINITY;
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] = scores[i + l] > lane[l] ? scores[i + l] : lane[l];
+  float m = -INFINITY;
+  for (; i < end; ++i) m = scores[i] > m ? scores[i] : m;
+  for (float l : lane) m = l > m ? l : m;
+  return m;
+}
+
+// scores[0, n) -> the top min(k, n), best first: out_scores, out_positions (0-based). `scratch` is reused
+// between calls. Exact for any threshold t > -inf: when at least k scores are >= t (the candidates; NaN never
+// is), they rank above every other score, so the top k of the candidates is the top k; otherwise, or when t
+// is -inf (NaN ties with -inf), every position is ranked. Fast because of how t is chosen, in two reading
+// passes: (1) the maxima of G >= k blocks of consecutive scores, whose k-th largest t is at most the k-th
+// largest score (k distinct scores reach it), so (2) the candidates, read from the blocks whose maximum is
+// >= t, are about 1% of the scores (N = 12,101, k = 100).
+inline void select_topk(const float* scores, int64_t n, int32_t k, TopkScratch& scratch, float* out_scores,
+                        int32_t* out_positions) {
+  const int64_t count = std::min<int64_t>(k, n);
+  if (count < 1) return;
+  const int64_t block = std::max<int64_t>(1, n / (2 * count)), blocks = (n + block - 1) / block;  // blocks >= count
+  auto &maxima = scratch.maxima, &order = scratch.order;
+  maxima.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) maxima[b] = block_max(scores, b * block, std::min(n, (b + 1) * block));
+  order.assign(maxima.begin(), maxima.end());
+  std::nth_element(order.begin(), order.begin() + (count - 1), order.end(), std::greater<float>());
+  const float threshold = order[count - 1];
+  auto& candidates = scratch.candidates;
+  candidates.clear();
+  constexpr int64_t kChunk = 16;
+  // t = -inf would take -inf scores and leave out NaN, which ranks with them (by position): rank every position
+  for (int64_t b = 0; threshold > -INFINITY && b < blocks; ++b) {
+    if (!(maxima[b] >= threshold)) continue;  // no score of the block reaches the threshold
+    const int64_t end = std::min(n, (b + 1) * block);
+    for (int64_t at = b * block; at < end; at += kChunk) {
+      const int64_t stop = std::min(end, at + kChunk);
+      if (stop - at == kChunk) {  // most chunks hold no candidate: one vectorised test
+        int any = 0;
+        for (int64_t l = 0; l < kChunk; ++l) any |= scores[at + l] >= threshold;
+        if (!any) continue;
+      }
+      for (int64_t i = at; i < stop; ++i)
+        if (scores[i] >= threshold) candidates.push_back({scores[i], static_cast<int32_t>(i)});
+    }
+  }
+  if (static_cast<int64_t>(candidates.size()) >= count) {  // candidates are numbers: no NaN to rank
+    std::partial_sort(candidates.begin(), candidates.begin() + count, candidates.end(),
+                      [](const Ranked& a, const Ranked& b) {
+                        return a.score > b.score || (a.score == b.score && a.position < b.position);
+                      });
+  } else {  // NaN scores: rank every position
+    candidates.clear();
+    for (int64_t i = 0; i < n; ++i) candidates.push_back({scores[i], static_cast<int32_t>(i)});
+    std::partial_sort(candidates.begin(), candidates.begin() + count, candidates.end(), ranks_above);
+  }
+  for (int64_t r = 0; r < count; ++r) out_scores[r] = candidates[r].score, out_positions[r] = candidates[r].position;
+}
+
 // One ExecuTorch method of the bundle's program. step() is serialised by a mutex (one method owns one
 // set of planned buffers), as PteEngine does in Python.
 class Engine {
@@ -102,9 +187,9 @@ class Engine {
   Engine(std::shared_ptr<const Blob> program, const std::string& method, int32_t rows, int32_t size,
          int32_t k_max, int64_t num_items);
   ~Engine();
-  // x [size], state [rows * size] -> scores [k_max], indices [k_max] (as int32), new_state, hidden [size].
-  // Outputs may alias the state input (copied in before the call); nothing is written when the program
-  // returns an item index outside [1, num_items] (an error).
+  // x [size], state [rows * size] -> scores [k_max], indices [k_max] (1..N, as int32), new_state, hidden [size].
+  // The program returns the scores of all N items (format 3); the top k_max is select_topk's. Outputs may
+  // alias the state input (copied in before the call).
   void step(const float* x, const float* state, float* scores, int32_t* indices, float* new_state, float* hidden);
 
  private:

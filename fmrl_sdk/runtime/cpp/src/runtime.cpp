@@ -24,6 +24,7 @@ constexpr uint16_t kStateVersion = 2;  // 2: the last counter counts observed ad
 constexpr size_t kHeader = 52, kCrc = 4, kMac = 32, kMinKey = 16;
 constexpr uint16_t kFlagSigned = 1;  // an HMAC-SHA256 tag (kMac bytes) follows the crc32
 constexpr double kMaxAbsState = 1e8; // largest |value| a restored state or hidden vector may hold
+constexpr double kMaxAbsVector = 1e4; // largest |value| of an added item's vector (recommender.py MAX_ABS_VECTOR)
 // header field offsets
 constexpr size_t kVersionAt = 4, kRowsAt = 6, kSizeAt = 8, kKmaxAt = 10, kHashesAt = 12, kFlagsAt = 14,
                  kBloomBytesAt = 16, kFingerprintAt = 20, kObservedAt = 36, kUnknownAt = 44, kAddedAt = 48;
@@ -476,13 +477,20 @@ fmrl_status fmrl_add_items(fmrl_recommender* rec, const char* const* ids, size_t
     if (dims < s)
       throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors have " + std::to_string(dims) + " dims, the bundle needs " +
                                          std::to_string(s));
-    for (size_t i = 0; i < count * dims; ++i)
-      if (!std::isfinite(vectors[i])) throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors contain NaN or infinity");
+    // ids first, as recommender.py checks them (an id is a C string: it cannot hold NUL)
     std::vector<std::string_view> names;
     for (size_t i = 0; i < count; ++i) {
       if (!ids[i]) throw Error(FMRL_ERR_ARGUMENT, "fmrl_add_items: ids[" + std::to_string(i) + "] is NULL");
+      if (!*ids[i]) throw Error(FMRL_ERR_ARGUMENT, "add_items: ids must not be empty");
       names.emplace_back(ids[i]);
     }
+    for (size_t i = 0; i < count * dims; ++i)
+      if (!std::isfinite(vectors[i])) throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors contain NaN or infinity");
+    for (size_t i = 0; i < count; ++i)
+      for (size_t d = 0; d < s; ++d)
+        if (std::fabs(vectors[i * dims + d]) > kMaxAbsVector)
+          throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors hold values with |x| above 10000 (item vectors of real "
+                                         "models are far smaller)");
     {
       std::vector<std::string_view> sorted = names;
       std::sort(sorted.begin(), sorted.end());

@@ -15,7 +15,10 @@
 // fmrl_sdk/data/split.py parse_cut reads it) or the manifest's "split"; --window (1d, 7d, 12h, 30m, 2w,
 // 3600s or N events; default 7d) needs a time cut. Under a time cut an event without "ts" is a bad line
 // (missing_ts). There is no --items here: "new_item_events" counts skipped out-of-sample unknown items.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -300,6 +303,11 @@ Bad check_fields(const LineFields& p) {
     return {kWrongType, std::string("'user' must be a string or an integer, got ") + type_name(user)};
   if (item.kind != Field::kString && item.kind != Field::kInt)
     return {kWrongType, std::string("'item' must be a string or an integer, got ") + type_name(item)};
+  // an id holding NUL cannot cross the C ABI (C strings end there): refused as simulate refuses it
+  if (user.kind == Field::kString && user.text.find('\0') != std::string::npos)
+    return {kWrongType, "'user' must not contain NUL characters"};
+  if (item.kind == Field::kString && item.text.find('\0') != std::string::npos)
+    return {kWrongType, "'item' must not contain NUL characters"};
   if (ts.kind != Field::kAbsent && ts.kind != Field::kNull &&
       ((ts.kind != Field::kInt && ts.kind != Field::kFloat) || !std::isfinite(ts.number)))
     return {kWrongType, "'ts' must be a finite number"};
@@ -313,6 +321,114 @@ bool only_ascii_whitespace(const std::string& raw) {  // Python bytes.strip() le
 }
 
 // ---- files ---------------------------------------------------------------------------------------
+
+std::string parent_of(const std::string& path) {  // str(Path(path).parent) for a normalised path
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string base_of(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Python's Path(path).resolve() (not strict): symbolic links followed as far as they lead, dangling ones
+// included; the missing tail of the path is appended as written.
+std::string resolve_loose(const std::string& path, int depth = 0) {
+  if (char* real = ::realpath(path.c_str(), nullptr)) {
+    std::string out(real);
+    std::free(real);
+    return out;
+  }
+  const std::string p = fmrl::path_normalise(path);
+  if (depth > 40 || p == "/" || p == ".") return p;
+  struct stat st;
+  if (::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {  // a dangling link: where it points
+    std::string target(static_cast<size_t>(st.st_size > 0 ? st.st_size : 4096), '\0');
+    const ssize_t n = ::readlink(p.c_str(), &target[0], target.size());
+    if (n > 0) {
+      target.resize(static_cast<size_t>(n));
+      return resolve_loose(target[0] == '/' ? target : parent_of(p) + "/" + target, depth + 1);
+    }
+  }
+  const std::string parent = resolve_loose(parent_of(p), depth + 1);
+  return (parent == "/" ? "" : parent) + "/" + base_of(p);
+}
+
+// fileio.check_outputs_are_not_inputs: the same path, through symbolic links, or the same file (device and
+// inode: a hard link).
+bool same_file(const std::string& a, const std::string& b) {
+  if (resolve_loose(a) == resolve_loose(b)) return true;
+  struct stat sa, sb;
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+using Labelled = std::vector<std::pair<std::string, std::string>>;  // (label as the user knows it, path)
+
+// Refuses (one line, as simulate words it) an output that is an input or another output, before anything
+// is read or written.
+void check_outputs_are_not_inputs(const Labelled& outputs, const Labelled& inputs) {
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    Labelled others(outputs.begin() + static_cast<long>(i) + 1, outputs.end());
+    others.insert(others.end(), inputs.begin(), inputs.end());
+    for (const auto& [label, source] : others)
+      if (same_file(outputs[i].second, source))
+        throw Usage(fmrl::path_normalise(outputs[i].second) + ": " + outputs[i].first + " is " + label + " (" +
+                    fmrl::path_normalise(source) + "); writing it would destroy the input: choose another path");
+  }
+}
+
+// An output's folder must exist and be writable, and the output must not be a folder: checked before the
+// replay, so that a long run does not fail at its end.
+void check_writable(const std::string& path) {
+  const std::string name = fmrl::path_normalise(path), folder = parent_of(name);
+  struct stat st;
+  if (::stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw Usage(name + ": cannot write (folder " + folder + " not found)");
+  if (::access(folder.c_str(), W_OK | X_OK) != 0)
+    throw Usage(name + ": cannot write (folder " + folder + " is not writable)");
+  if (::stat(name.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) throw Usage(name + ": cannot write (is a directory)");
+}
+
+// An exclusive lock beside an output, `.NAME.lock` (the one simulate takes for its --out), held until
+// unlock_beside or the process's exit; a second writer of the same output is refused with the holder's pid.
+std::string lock_path_of(const std::string& name) { return parent_of(name) + "/." + base_of(name) + ".lock"; }
+
+int lock_beside(const std::string& path, const char* program) {
+  const std::string name = fmrl::path_normalise(path);
+  const std::string lock_path = lock_path_of(name);
+  int fd = -1;
+  for (;;) {
+    fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) throw Usage(lock_path + ": cannot write (" + std::strerror(errno) + ")");
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      char buf[128] = {};
+      const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+      ::close(fd);
+      std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+      const size_t space = holder.find(' ');
+      const std::string pid = holder.substr(0, std::min(space, holder.find('\n')));
+      std::string who = space == std::string::npos ? "simulate" : holder.substr(space + 1);
+      while (!who.empty() && std::isspace(static_cast<unsigned char>(who.back()))) who.pop_back();
+      throw Usage(name + ": in use by another " + (who.empty() ? std::string("simulate") : who) + " (pid " +
+                  (pid.empty() ? std::string("?") : pid) + ")");
+    }
+    struct stat held, named;  // the holder before us may have removed the file after our open: lock anew
+    if (::fstat(fd, &held) == 0 && ::stat(lock_path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino)
+      break;
+    ::close(fd);
+  }
+  const std::string me = std::to_string(::getpid()) + " " + program + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) < 0) { /* the pid is informative only */ }
+  return fd;
+}
+
+void unlock_beside(const std::string& name, int fd) {
+  ::unlink(lock_path_of(name).c_str());  // while still held: a waiting writer then locks a fresh file
+  ::close(fd);
+}
 
 void write_atomic(const std::string& path, const std::string& data) {
   const std::string tmp = path + ".tmp" + std::to_string(::getpid());
@@ -870,10 +986,32 @@ struct Slot {
 struct Options {
   std::string bundle, stream, report, out, score_from, window;
   bool has_score_from = false, has_window = false;
-  int k = 10, threads = 0;
+  int k = 10, threads = 0;  // k: 0 when --k is beyond int (k_text says what it was)
+  std::string k_text = "10";  // --k as Python prints the int it reads
   bool exclude_seen = false, strict = false, quiet = false;
   std::vector<std::pair<std::string, std::string>> save, load;
 };
+
+// Python int(text) for a str, as simulate's --k is read: surrounding whitespace, a sign, digits with single
+// underscores between them, any length. `canonical`: the value's decimal spelling (what Python prints).
+bool py_int(const std::string& text, std::string& canonical) {
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  size_t a = 0, b = text.size();
+  while (a < b && std::isspace(static_cast<unsigned char>(text[a]))) ++a;
+  while (b > a && std::isspace(static_cast<unsigned char>(text[b - 1]))) --b;
+  bool negative = false;
+  if (a < b && (text[a] == '+' || text[a] == '-')) negative = text[a++] == '-';
+  std::string digits;
+  for (size_t i = a; i < b; ++i) {
+    if (digit(text[i])) digits += text[i];
+    else if (!(text[i] == '_' && i > a && i + 1 < b && digit(text[i - 1]) && digit(text[i + 1]))) return false;
+  }
+  if (digits.empty()) return false;
+  const size_t first = std::min(digits.find_first_not_of('0'), digits.size() - 1);
+  digits.erase(0, first);
+  canonical = (negative && digits != "0" ? "-" : "") + digits;
+  return true;
+}
 
 std::pair<std::string, std::string> user_file(const std::string& flag, const std::string& value) {
   const size_t eq = value.rfind('=');
@@ -890,17 +1028,22 @@ Options parse_args(int argc, char** argv) {
       if (i + 1 >= argc) throw Usage(a + " needs a value");
       return argv[++i];
     };
-    auto integer = [&](const std::string& v) {
-      char* end = nullptr;
-      const long n = std::strtol(v.c_str(), &end, 10);
-      if (v.empty() || *end) throw Usage(a + " " + v + ": expected an integer");
-      return static_cast<int>(n);
+    auto integer = [&](const std::string& v, std::string* canonical = nullptr) {
+      std::string text;  // Python int(v), any size; k out of range is refused later with simulate's words
+      if (!py_int(v, text)) throw Usage(a + " " + v + ": expected an integer");
+      if (canonical) *canonical = text;
+      const size_t digits = text.size() - (text[0] == '-');
+      if (digits > 9) {
+        if (canonical) return 0;
+        throw Usage(a + " " + text + ": out of range");
+      }
+      return std::stoi(text);
     };
     if (a == "--bundle") o.bundle = value();
     else if (a == "--stream") o.stream = value();
     else if (a == "--report") o.report = value();
     else if (a == "--out") o.out = value();
-    else if (a == "--k") o.k = integer(value());
+    else if (a == "--k") o.k = integer(value(), &o.k_text);
     else if (a == "--threads") o.threads = integer(value());
     else if (a == "--exclude-seen") o.exclude_seen = true;
     else if (a == "--strict") o.strict = true;
@@ -929,6 +1072,28 @@ int run(const Options& opt) {
   open_options.threads = opt.threads;
   fmrl_recommender* rec = nullptr;
   if (fmrl_open(opt.bundle.c_str(), &open_options, &rec) != FMRL_OK) fail_runtime();
+  // simulate's order: outputs against inputs (and each other) before anything else; here also their folders
+  {
+    const std::string bundle_name = fmrl::path_normalise(opt.bundle);
+    Labelled outputs, inputs = {{"the stream", opt.stream}};
+    if (!opt.out.empty()) outputs.emplace_back("--out", opt.out);
+    outputs.emplace_back("--report", opt.report);
+    for (const auto& [user, file] : opt.save) outputs.emplace_back("--save-state " + user, file);
+    struct stat st;
+    if (::stat(bundle_name.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {  // a directory bundle: its files
+      const std::string manifest_path = fmrl::path_join(bundle_name, "manifest.json");
+      inputs.emplace_back("the bundle's manifest.json", manifest_path);
+      const OrderedJson manifest = OrderedJson::parse(read_all(manifest_path));
+      if (manifest.contains("files") && manifest["files"].is_object())
+        for (const auto& file : manifest["files"].items())
+          inputs.emplace_back("the bundle's " + file.key(), fmrl::path_join(bundle_name, file.key()));
+    } else {
+      inputs.emplace_back("the bundle", opt.bundle);
+    }
+    for (const auto& [user, file] : opt.load) inputs.emplace_back("--load-state " + user, file);
+    check_outputs_are_not_inputs(outputs, inputs);
+    for (const auto& output : outputs) check_writable(output.second);
+  }
   // scoring.cut_for and the window, in simulate's order
   const Cut cut = opt.has_score_from
                       ? cut_from_flag(opt.score_from)
@@ -938,15 +1103,25 @@ int run(const Options& opt) {
     throw Usage("--window: needs a time cut (this bundle's split is " + cut.kind + "; pass --score-from)");
   const bool timed = cut.kind == "time";
   const Window window = timed ? parse_window(opt.has_window ? opt.window : "7d") : Window();
+  const std::string stream_name = fmrl::path_normalise(opt.stream);
+  {
+    struct stat st;
+    if (::stat(opt.stream.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) throw Usage(stream_name + ": stream not found");
+  }
   const int k_max = fmrl_k_max(rec);
   if (opt.k < 1 || opt.k > k_max)
-    throw Usage("--k " + std::to_string(opt.k) + ": must be in [1, " + std::to_string(k_max) + "] (the bundle's k_max)");
+    throw Usage("--k " + opt.k_text + ": must be in [1, " + std::to_string(k_max) + "] (the bundle's k_max)");
   Scoring scoring(cut, opt.k, fmrl_num_items(rec), fmrl_item_count(rec), window, timed);
-  const std::string stream_name = fmrl::path_normalise(opt.stream);
+  // --out, as simulate writes it: under an exclusive lock beside it, into `.NAME.partial`, renamed to NAME
+  // when the replay completes (an existing NAME is never truncated in place)
+  const std::string out_name = opt.out.empty() ? std::string() : fmrl::path_normalise(opt.out);
+  const std::string partial = out_name.empty() ? std::string() : parent_of(out_name) + "/." + base_of(out_name) + ".partial";
+  const int out_lock = out_name.empty() ? -1 : lock_beside(out_name, "fmrl_replay");
   FILE* in = std::fopen(opt.stream.c_str(), "rb");
   if (!in) throw Usage(stream_name + ": stream not found");
   FILE* out = nullptr;
-  if (!opt.out.empty() && !(out = std::fopen(opt.out.c_str(), "wb"))) throw Usage(opt.out + ": cannot write");
+  if (!opt.out.empty() && !(out = std::fopen(partial.c_str(), "wb")))
+    throw Usage(out_name + ": cannot write (" + std::strerror(errno) + ")");
 
   // users in order of appearance (the report sums over them in that order, as Python's dict does)
   std::unordered_map<std::string, size_t> user_slot;
@@ -1002,6 +1177,9 @@ int run(const Options& opt) {
       else
         problem = {kInvalidJson, parsed.outcome == LineFields::kTooDeep ? std::string("invalid JSON (nested too deeply)")
                                                                           : "invalid JSON (" + parsed.error + ")"};
+    } else if (raw.find('\0') != std::string::npos) {
+      // nlohmann reads a NUL byte as the end of the input; Python's json sees data after the value
+      problem = {kInvalidJson, "invalid JSON (Extra data)"};
     } else {
       problem = check_fields(parsed);
     }
@@ -1078,7 +1256,11 @@ int run(const Options& opt) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   std::free(raw_buf);
   std::fclose(in);
-  if (out) std::fclose(out);
+  if (out) {
+    const bool written = std::fflush(out) == 0 && ::fsync(fileno(out)) == 0;
+    if (std::fclose(out) != 0 || !written || std::rename(partial.c_str(), out_name.c_str()) != 0)
+      throw Usage(out_name + ": cannot write (" + std::strerror(errno) + ")");
+  }
 
   for (const auto& [user, file] : opt.save) {
     const auto found = user_slot.find(user);
@@ -1141,6 +1323,7 @@ int run(const Options& opt) {
                 events ? ndcg / events : 0.0, percentile(sorted, 50), opt.report.c_str());
   for (Slot& slot : slots) fmrl_session_free(slot.session);
   fmrl_close(rec);
+  if (out_lock >= 0) unlock_beside(out_name, out_lock);
   return 0;
 }
 

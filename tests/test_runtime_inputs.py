@@ -1,0 +1,224 @@
+"""Issue 29: values are checked where they enter, alike in both runtimes.
+
+fmrl_replay refuses an output that is an input (or another output) before any work, with simulate's words,
+and an output whose folder is missing before replaying; ids holding NUL are bad lines (`wrong_type`) in
+both replays and refused by add_items / observe; a valid JSON line followed by a NUL byte is `invalid_json`
+in both; --k is read as Python reads an int. The Python runtime refuses bad ids, huge vectors and bad
+arguments with FmrlError (still a ValueError where it was one), the C runtime's fmrl_add_items the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmrl_sdk.errors import FmrlError
+from fmrl_sdk.runtime import Recommender
+from fmrl_sdk.simulate.commands import simulate
+from tests.helpers import error_line, replay, run_app
+
+
+def events(rec, n: int = 6) -> bytes:
+    ids = rec.item_ids
+    return b"".join(json.dumps({"user": f"u{i % 2}", "item": ids[i]}).encode() + b"\n" for i in range(n))
+
+
+@pytest.fixture
+def stream(tmp_path, rec) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(events(rec))
+    return path
+
+
+# ---- 1. fmrl_replay never destroys an input ---------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--out", "--report"])
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+def test_replay_refuses_an_output_that_is_the_stream(cpp_build, art, stream, tmp_path, flag, how):
+    before = stream.read_bytes()
+    target = {"same path": stream, "symlink": tmp_path / "link.jsonl", "hard link": tmp_path / "hard.jsonl"}[how]
+    if how == "symlink":
+        target.symlink_to(stream)
+    elif how == "hard link":
+        os.link(stream, target)
+    other = ["--report", tmp_path / "r.json"] if flag == "--out" else []
+    r = replay(cpp_build, "--bundle", art.bundle, "--stream", stream, flag, target, *other, check=False)
+    assert error_line(r) == (f"{target}: {flag} is the stream ({stream}); writing it would destroy the input: "
+                             "choose another path")
+    assert stream.read_bytes() == before
+    assert not (tmp_path / "r.json").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_replay_words_match_simulate(cpp_build, art, rec, stream, tmp_path):
+    """The same one line as simulate, for the stream, a bundle file and two outputs."""
+    manifest = art.bundle / "manifest.json"
+    for flags in (["--report", stream], ["--out", tmp_path / "x.json", "--report", tmp_path / "x.json"],
+                  ["--report", manifest], ["--out", tmp_path / "ok.jsonl", "--report", art.bundle / "model.pte"]):
+        flags = [str(f) for f in flags]
+        kwargs = dict(zip([f.lstrip("-") for f in flags[::2]], flags[1::2]))
+        with pytest.raises(FmrlError) as py:
+            simulate(stream, rec=rec, **kwargs)
+        c = replay(cpp_build, "--bundle", art.bundle, "--stream", stream, *flags, check=False)
+        assert error_line(c) == str(py.value)
+    assert not list(tmp_path.glob("*.json")) and not (tmp_path / "ok.jsonl").exists()
+
+
+def test_replay_checks_output_folders_before_replaying(cpp_build, art, stream, tmp_path):
+    r = replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path / "r.json",
+               "--out", tmp_path / "missing" / "o.jsonl", check=False)
+    assert error_line(r) == f"{tmp_path / 'missing' / 'o.jsonl'}: cannot write (folder {tmp_path / 'missing'} not found)"
+    r = replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path, check=False)
+    assert error_line(r) == f"{tmp_path}: cannot write (is a directory)"
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o555)
+        r = replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", locked / "r.json", check=False)
+        assert "is not writable" in error_line(r)
+
+
+def test_replay_out_replaces_an_existing_file_only_when_done(cpp_build, art, stream, tmp_path):
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n")
+    replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path / "r.json", "--out", out)
+    assert len(out.read_text().splitlines()) == 6
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial, no lock left
+
+
+@pytest.mark.parametrize("k,shown", [("4294967306", "4294967306"), ("99999999999", "99999999999"),
+                                     ("-4294967295", "-4294967295"), ("0", "0"), ("1_000", "1000")])
+def test_replay_reads_k_as_python_does(cpp_build, art, rec, stream, tmp_path, k, shown):
+    r = replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path / "r.json", "--k", k,
+               check=False)
+    assert error_line(r) == f"--k {shown}: must be in [1, {rec.k_max}] (the bundle's k_max)"
+    with pytest.raises(FmrlError) as py:
+        simulate(stream, rec=rec, k=int(k))
+    assert str(py.value) == error_line(r)
+
+
+def test_replay_accepts_k_spelled_as_python_ints(cpp_build, art, stream, tmp_path):
+    replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path / "r.json", "--k", " +0_5 ")
+    assert json.loads((tmp_path / "r.json").read_text())["k"] == 5
+
+
+# ---- 3. NUL: one rule for both runtimes --------------------------------------------------------------
+
+def nul_lines(rec) -> list[bytes]:
+    item = rec.item_ids[0]
+    return [json.dumps({"user": "u\u00001", "item": item}).encode(),          # NUL in the user id
+            json.dumps({"user": "u1", "item": item + "\u0000x"}).encode(),    # NUL in the item id (C: item)
+            json.dumps({"user": "u1", "item": item}).encode() + b"\x00",      # valid JSON, then a NUL byte
+            json.dumps({"user": "u1", "item": item}).encode() + b"\x00junk",
+            b"\x00", b'{"user": "u1", "item": "a\x00b"}']                     # a raw NUL inside a string
+
+
+def test_nul_lines_are_the_same_bad_lines_in_both_replays(cpp_build, art, rec, tmp_path):
+    stream = tmp_path / "nul.jsonl"
+    stream.write_bytes(events(rec, 2) + b"\n".join(nul_lines(rec)) + b"\n" + events(rec, 2))
+    py = simulate(stream, rec=rec)
+    replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path / "c.json")
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert py["bad_lines"] == {"wrong_type": 2, "invalid_json": 4}
+    assert c["bad_lines"] == py["bad_lines"] and c["events"] == py["events"] == 4
+    assert [(s["line"], s["kind"]) for s in c["bad_line_samples"]] == \
+        [(s["line"], s["kind"]) for s in py["bad_line_samples"]]
+    assert [s["what"] for s in c["bad_line_samples"][:2]] == [s["what"] for s in py["bad_line_samples"][:2]]
+
+
+def test_python_json_reads_a_trailing_nul_as_extra_data():
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        json.loads('{"user": "u"}\x00')
+
+
+def test_python_runtime_refuses_nul_ids(rec, art):
+    fresh = Recommender.open(art.bundle)
+    with pytest.raises(FmrlError, match="NUL"):
+        fresh.add_items(["i\x001"], np.ones((1, fresh.granularity)))
+    with pytest.raises(FmrlError, match="NUL"):
+        fresh.new_session().observe(rec.item_ids[0] + "\x00x")
+    assert fresh.item_ids == rec.item_ids
+
+
+# ---- 4. add_items and Session arguments ------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [None, b"abc", True, False, 1.5, "", ["x"]])
+def test_add_items_refuses_ids_that_are_not_str_or_int(art, bad):
+    fresh = Recommender.open(art.bundle)
+    before = fresh.item_ids
+    with pytest.raises(FmrlError, match="add_items"):
+        fresh.add_items([bad], np.ones((1, fresh.granularity)))
+    assert fresh.item_ids == before
+
+
+def test_add_items_keys_ints_as_digits(art):
+    fresh = Recommender.open(art.bundle)
+    assert fresh.add_items([np.int64(12345678), 7], np.ones((2, fresh.granularity))) == 2
+    assert fresh.item_ids[-2:] == ["12345678", "7"]
+
+
+@pytest.mark.parametrize("value", [1e30, -1e5, 1e39, float("nan")])
+def test_add_items_refuses_vectors_outside_the_range_of_real_ones(art, value):
+    from fmrl_sdk.runtime.recommender import MAX_ABS_VECTOR
+
+    fresh = Recommender.open(art.bundle)
+    vectors = np.ones((2, fresh.granularity))
+    vectors[1, 3] = value
+    with pytest.raises(FmrlError, match="add_items"):
+        fresh.add_items(["a", "b"], vectors)
+    assert fresh.num_items == len(fresh.item_ids)
+    # the bound itself is accepted, and states and scores stay finite and restorable
+    assert fresh.add_items(["edge"], np.full((1, fresh.granularity), MAX_ABS_VECTOR)) == 1
+    session = fresh.new_session()
+    for _ in range(20):
+        session.observe("edge")
+    assert np.isfinite([s for _, s in session.recommend(10)]).all()
+    fresh.restore(session.to_bytes())
+
+
+@pytest.mark.parametrize("call,word", [(lambda s: s.recommend(k=2.5), "k"), (lambda s: s.recommend(k=True), "k"),
+                                       (lambda s: s.recommend(k="3"), "k"), (lambda s: s.recommend(k=0), "k"),
+                                       (lambda s: s.recommend(k=10**6), "k"),
+                                       (lambda s: s.recommend(exclude_seen="yes"), "exclude_seen"),
+                                       (lambda s: s.observe_index(1.5), "index"),
+                                       (lambda s: s.observe_index(True), "index"),
+                                       (lambda s: s.observe_index(10**9), "index")])
+def test_session_arguments_are_fmrl_errors_naming_them(rec, call, word):
+    session = rec.new_session()
+    with pytest.raises(FmrlError, match=word):
+        call(session)
+    assert session.observed == 0
+
+
+def test_k_out_of_range_is_still_a_value_error(rec):
+    with pytest.raises(ValueError):
+        rec.new_session().recommend(k=0)
+    assert rec.new_session().recommend(k=np.int64(3))  # numpy integers are integers
+
+
+def test_c_add_items_refuses_what_python_refuses(cpp_build, art):
+    """fmrl_add_items: an empty id and a vector beyond MAX_ABS_VECTOR are FMRL_ERR_ARGUMENT, nothing added."""
+    out = run_app(cpp_build, r"""
+lib.fmrl_add_items.restype = ctypes.c_int
+lib.fmrl_add_items.argtypes = [P, ctypes.POINTER(C), SZ, ctypes.POINTER(ctypes.c_float), SZ, ctypes.POINTER(SZ)]
+status, rec = open_(args["bundle"])
+s = lib.fmrl_granularity(rec)
+before = lib.fmrl_item_count(rec)
+def add(ids, value):
+    names = (C * len(ids))(*[i.encode() for i in ids])
+    vectors = (ctypes.c_float * (len(ids) * s))(*([1.0] * (len(ids) * s - 1) + [value]))
+    new = SZ()
+    code = lib.fmrl_add_items(rec, names, len(ids), vectors, s, ctypes.byref(new))
+    return [code, err(), lib.fmrl_item_count(rec) - before]
+out["empty"] = add(["ok", ""], 1.0)
+out["huge"] = add(["a", "b"], 1e30)
+out["big"] = add(["a", "b"], -1e5)
+out["edge"] = add(["a", "b"], 1e4)
+out["argument"] = 2
+""", bundle=str(art.bundle))
+    for name, words in (("empty", "must not be empty"), ("huge", "above 10000"), ("big", "above 10000")):
+        code, message, added = out[name]
+        assert code != 0 and words in message and added == 0, (name, out[name])
+    assert out["edge"][0] == 0 and out["edge"][2] == 2
