@@ -91,6 +91,19 @@ def foreign_bundle(src: Path, dst: Path) -> Path:
     return dst
 
 
+def alias_of(path: Path, folder: Path, how: str) -> Path:
+    """`path` itself ("same path"), or a new symbolic or hard link to it in `folder` ("symlink", "hard link"):
+    the ways an output can name an input."""
+    if how == "same path":
+        return path
+    alias = folder / (("link" if how == "symlink" else "hard") + path.suffix)
+    if how == "symlink":
+        alias.symlink_to(path)
+    else:
+        os.link(path, alias)
+    return alias
+
+
 def copy_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     for p in dst.iterdir():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fmrl_sdk.errors import FmrlError
-from tests.helpers import DEEP
+from tests.helpers import DEEP, alias_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,11 +71,7 @@ def test_an_output_equal_to_the_stream_is_refused_and_the_stream_kept(tmp_path, 
     stream = tmp_path / "events.jsonl"
     stream.write_text(json.dumps({"user": "u", "item": rec.item_ids[0]}) + "\n")
     before = stream.read_bytes()
-    target = {"same path": stream, "symlink": tmp_path / "link.jsonl", "hard link": tmp_path / "hard.jsonl"}[how]
-    if how == "symlink":
-        target.symlink_to(stream)
-    elif how == "hard link":
-        os.link(stream, target)
+    target = alias_of(stream, tmp_path, how)
     r = run_cli("simulate", "--stream", stream, "--bundle", art.bundle, flag, target, "--quiet")
     assert r.returncode == 2 and len(error_lines(r)) == 1 and f"{flag} is the stream" in error_lines(r)[0]
     assert stream.read_bytes() == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

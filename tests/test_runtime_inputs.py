@@ -19,7 +19,7 @@ import pytest
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender
 from fmrl_sdk.simulate.commands import simulate
-from tests.helpers import error_line, replay, run_app
+from tests.helpers import alias_of, error_line, replay, run_app
 
 
 def events(rec, n: int = 6) -> bytes:
@@ -40,11 +40,7 @@ def stream(tmp_path, rec) -> Path:
 @pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
 def test_replay_refuses_an_output_that_is_the_stream(cpp_build, art, stream, tmp_path, flag, how):
     before = stream.read_bytes()
-    target = {"same path": stream, "symlink": tmp_path / "link.jsonl", "hard link": tmp_path / "hard.jsonl"}[how]
-    if how == "symlink":
-        target.symlink_to(stream)
-    elif how == "hard link":
-        os.link(stream, target)
+    target = alias_of(stream, tmp_path, how)
     other = ["--report", tmp_path / "r.json"] if flag == "--out" else []
     r = replay(cpp_build, "--bundle", art.bundle, "--stream", stream, flag, target, *other, check=False)
     assert error_line(r) == (f"{target}: {flag} is the stream ({stream}); writing it would destroy the input: "

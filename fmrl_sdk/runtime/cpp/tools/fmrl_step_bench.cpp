@@ -40,14 +40,7 @@
 #include "fmrl_runtime.h"
 #include "nlohmann_json/json.hpp"
 
-// ExecuTorch 1.5's ThreadPool, declared by hand as engine.cpp does (the wheel ships no threadpool.h)
-namespace executorch::extension::threadpool {
-class ThreadPool {
- public:
-  bool _unsafe_reset_threadpool(uint32_t num_threads);
-};
-ThreadPool* get_threadpool();
-}  // namespace executorch::extension::threadpool
+#include "../src/executorch_threadpool.hpp"  // the hand-declared pool, as engine.cpp uses it
 
 namespace et = executorch::runtime;
 using executorch::aten::ScalarType;
