@@ -77,3 +77,24 @@ def cpp_build(tmp_path_factory):
     built = subprocess.run([cmake, "--build", str(build), "-j2"], capture_output=True, text=True)
     assert built.returncode == 0, built.stdout + built.stderr
     return build
+
+
+@pytest.fixture(scope="session")
+def jni_runtime(cpp_build):
+    """cpp_build reconfigured with -DFMRL_WITH_JNI=ON and the Java binding built in it (libfmrl_jni.so,
+    fmrl.jar); skipped, with the reason, only when javac or java cannot be found."""
+    from fmrl_sdk.runtime.cpp import cpp_dir
+
+    javac, java = shutil.which("javac"), shutil.which("java")
+    if not javac or not java:
+        pytest.skip(f"needs a JDK: javac {javac}, java {java} (apt-get install openjdk-17-jdk-headless)")
+    cmake = shutil.which("cmake")
+    configure = subprocess.run([cmake, "-S", str(cpp_dir()), "-B", str(cpp_build), "-DFMRL_WITH_JNI=ON"],
+                               capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    built = subprocess.run([cmake, "--build", str(cpp_build), "-j2", "--target", "fmrl_jni", "fmrl_java"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    jar = cpp_build / "fmrl.jar"
+    assert jar.exists() and (cpp_build / "libfmrl_jni.so").exists()
+    return {"javac": javac, "java": java, "build": cpp_build, "jar": jar}

@@ -11,7 +11,6 @@ the reason, only when javac (or java) cannot be found.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender
-from fmrl_sdk.runtime.cpp import cpp_dir
 from tests.helpers import KEY, make_stream
 
 STRESS_CALLS = 100_000
@@ -256,26 +254,15 @@ public class FmrlJniDriver {
 
 
 @pytest.fixture(scope="session")
-def jni_build(cpp_build, tmp_path_factory):
-    """test_cpp_runtime's build with -DFMRL_WITH_JNI=ON (libfmrl_jni.so, fmrl.jar), plus the compiled driver."""
-    javac, java = shutil.which("javac"), shutil.which("java")
-    if not javac or not java:
-        pytest.skip(f"needs a JDK: javac {javac}, java {java} (apt-get install openjdk-17-jdk-headless)")
-    cmake = shutil.which("cmake")
-    configure = subprocess.run([cmake, "-S", str(cpp_dir()), "-B", str(cpp_build), "-DFMRL_WITH_JNI=ON"],
-                               capture_output=True, text=True)
-    assert configure.returncode == 0, configure.stdout + configure.stderr
-    built = subprocess.run([cmake, "--build", str(cpp_build), "-j2", "--target", "fmrl_jni", "fmrl_java"],
-                           capture_output=True, text=True)
-    assert built.returncode == 0, built.stdout + built.stderr
-    jar = cpp_build / "fmrl.jar"
-    assert jar.exists() and (cpp_build / "libfmrl_jni.so").exists()
+def jni_build(jni_runtime, tmp_path_factory):
+    """conftest's jni_runtime (test_cpp_runtime's build with -DFMRL_WITH_JNI=ON), plus the compiled driver."""
+    javac, java, jar = jni_runtime["javac"], jni_runtime["java"], jni_runtime["jar"]
     classes = tmp_path_factory.mktemp("fmrl-jni-driver")
     (classes / "FmrlJniDriver.java").write_text(DRIVER)
     compiled = subprocess.run([javac, "-Xlint:all", "-Werror", "-cp", str(jar), "-d", str(classes),
                                str(classes / "FmrlJniDriver.java")], capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
-    return {"java": java, "build": cpp_build, "classpath": f"{jar}:{classes}"}
+    return {"java": java, "build": jni_runtime["build"], "classpath": f"{jar}:{classes}"}
 
 
 def run_java(jni: dict, *args, extra: tuple = ()) -> subprocess.CompletedProcess:
