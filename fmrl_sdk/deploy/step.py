@@ -37,7 +37,7 @@ STEP_VERSION = 4   # bump when the exported graph changes (invalidates deploy_ca
 class ChunkNorm(nn.Module):
     """Per-chunk LayerNorm without affine (the affine part is folded into the next linear).
 
-    A module of its own so that int8 quantisation can leave it in float (`export.quantize_step`).
+    A module of its own so that int8 quantisation can leave it in float (`lowering.quantize_step`).
     """
 
     def __init__(self, average: torch.Tensor, eps: float):

@@ -286,22 +286,20 @@ class Replay:
     def _loop(self, progress) -> None:
         rec, opt, c = self.rec, self.opt, self.c
         k, exclude, every, limit = opt.k, opt.exclude_seen, opt.snapshot_every, opt.limit
-        resolve = rec.resolve
         new_session = rec.new_session
         users = self.users
         lat_append = self.latencies.append
         perf = time.perf_counter_ns
         gain = [1.0 / math.log2(r + 2) for r in range(k)]
         prefix = self._prefix
-        out_file, item_ids = self._out_file, rec.item_ids
+        out_file, admit = self._out_file, self._admit
+        self._item_ids = rec.item_ids   # the --out ids, renewed when an item is added
         snapshots = self.state_dir is not None
         lineno, offset = c.lines, c.offset
         events, hits, ndcg = c.events, c.hits, c.ndcg
         task = progress.add_task("simulate", total=self.stream.stat().st_size, completed=offset,
                                  info="") if progress else None
         scoring, timed = self.scoring, opt.cut.kind == "time"
-        test_from = opt.cut.test_from
-        new_items, added, num_items = self.new_items, self.added, rec.num_items
         with open(self.stream, "rb") as f:
             f.seek(offset)
             for raw in f:
@@ -316,25 +314,7 @@ class Replay:
                     if parsed is None:  # blank line
                         continue
                     user, item, ts, obj = parsed
-                    if timed and ts is None:
-                        raise BadLine("missing_ts", "no 'ts': a time cut needs every event's timestamp")
-                    index = resolve(item)
-                    if index is None:
-                        vector = new_items.get(item)
-                        if vector is None:
-                            if timed and ts >= test_from:
-                                scoring.new_items["skipped"] += 1
-                            raise BadLine("unknown_item", f"unknown item {item!r}")
-                        rec.add_items([item], vector[None])   # as an app adds an item it meets
-                        added.append(item)
-                        scoring.new_items["added"] += 1
-                        index = resolve(item)
-                        item_ids = rec.item_ids
-                    slot = users.get(user)
-                    if ts is not None and slot is not None:
-                        last = slot.last_ts
-                        if last is not None and ts < last:
-                            raise BadLine("ts_backwards", f"ts {ts} < {last}, the previous ts of user {user!r}")
+                    index, slot = admit(user, item, ts, timed)
                 except BadLine as bad:
                     c.lines, c.offset, c.events, c.hits, c.ndcg = lineno, offset, events, hits, ndcg
                     self._bad(lineno, bad.kind, bad.what)
@@ -368,12 +348,7 @@ class Replay:
                     slot.last_pop_hit, slot.last_pop_ndcg = scoring.popularity_before(index)
                     scoring.count(index)
                 if out_file is not None:
-                    line = json.dumps({"line": lineno, "user": obj["user"], "item": obj["item"],
-                                       "hit": slot.last_hit > 0, "recs": [item_ids[i - 1] for i in ranked],
-                                       "scores": [round(s, 6) for s in scores.tolist()]}) + "\n"
-                    data = line.encode()
-                    out_file.write(data)
-                    self._out_bytes += len(data)
+                    self._write_out(lineno, obj, slot, ranked, scores)
                 if events % 4096 == 0 and task is not None:
                     progress.update(task, completed=offset, info=f"{events:,} events")
                 if snapshots and events % every == 0:
@@ -382,6 +357,45 @@ class Replay:
         c.lines, c.offset, c.events, c.hits, c.ndcg = lineno, offset, events, hits, ndcg
         if task is not None:
             progress.update(task, completed=offset, info=f"{events:,} events")
+
+    def _admit(self, user, item, ts, timed: bool) -> tuple[int, UserSlot | None]:
+        """(internal index of the item, the user's slot or None for a new user) of a parsed event; raises
+        BadLine for an event the replay skips (no ts under a time cut, an unknown item, ts backwards)."""
+        if timed and ts is None:
+            raise BadLine("missing_ts", "no 'ts': a time cut needs every event's timestamp")
+        index = self.rec.resolve(item)
+        if index is None:
+            index = self._add_item(item, ts, timed)
+        slot = self.users.get(user)
+        if ts is not None and slot is not None:
+            last = slot.last_ts
+            if last is not None and ts < last:
+                raise BadLine("ts_backwards", f"ts {ts} < {last}, the previous ts of user {user!r}")
+        return index, slot
+
+    def _add_item(self, item, ts, timed: bool) -> int:
+        """An item the bundle lacks: added from `new_items` (as an app adds an item it meets), else BadLine."""
+        vector = self.new_items.get(item)
+        if vector is None:
+            if timed and ts >= self.opt.cut.test_from:
+                self.scoring.new_items["skipped"] += 1
+            raise BadLine("unknown_item", f"unknown item {item!r}")
+        rec = self.rec
+        rec.add_items([item], vector[None])   # as an app adds an item it meets
+        self.added.append(item)
+        self.scoring.new_items["added"] += 1
+        self._item_ids = rec.item_ids
+        return rec.resolve(item)
+
+    def _write_out(self, lineno: int, obj: dict, slot: UserSlot, ranked: list, scores) -> None:
+        """The event's line of --out: its recommendation, scores and whether it was a hit."""
+        item_ids = self._item_ids
+        line = json.dumps({"line": lineno, "user": obj["user"], "item": obj["item"],
+                           "hit": slot.last_hit > 0, "recs": [item_ids[i - 1] for i in ranked],
+                           "scores": [round(s, 6) for s in scores.tolist()]}) + "\n"
+        data = line.encode()
+        self._out_file.write(data)
+        self._out_bytes += len(data)
 
     # -- report --------------------------------------------------------------------------------
     def report(self) -> dict:

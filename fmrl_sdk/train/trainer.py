@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -177,6 +177,65 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     started_training = time.perf_counter()
     dist = dist or Dist()
     console = (console or Console()) if dist.main else Console(quiet=True)
+    tr, init_from, stats, data_record = _setup(prep, run_dir, dist, console, resume, started_training)
+    if dist.main and not resume:
+        _create_run_dir(run_dir, prep, tr.model, dist, data_record, init_from)
+    lock = checkpoint.lock(run_dir) if dist.main else None
+    try:  # the lock is released however training ends (an exception included)
+        if dist.main and resume:
+            checkpoint.remove_partial_writes(run_dir)  # writes a kill cut short
+        if resume and checkpoint.has_state(run_dir):
+            _restore(tr)
+        if init_from and not resume:
+            console.print(warm_start.describe(init_from))
+        t = tr.t
+        console.print(f"[bold]training[/] {tr.dataset.name}: {stats} | sizes {list(tr.sizes)} | "
+                      f"{tr.model.num_params()['total']:,} parameters | loss {t.loss} | "
+                      f"{dist.world} x {dist.device.type} | run {run_dir}")
+        _epochs(tr)
+        return _final_evaluation(tr)
+    finally:
+        checkpoint.unlock(run_dir, lock)
+
+
+@dataclass
+class _Training:
+    """One `train` call's moving parts (built by `_setup`) and what resume restores (`s`, best_weights)."""
+
+    prep: Prepared
+    run_dir: Path
+    dist: Dist
+    console: Console
+    rng: np.random.Generator
+    model: FMRLRec
+    dataset: Dataset               # this rank's shard in a data-parallel run
+    windows: Windows
+    val_sample: np.ndarray | None
+    steps_per_epoch: int
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    started: float                 # perf_counter at the start of this session (elapsed_seconds)
+    s: dict = field(default_factory=lambda: {"epoch": 0, "best": -1.0, "best_epoch": 0, "waited": 0,
+                                             "best_val": {}})   # what resume restores
+    best_weights: dict | None = None
+
+    @property
+    def t(self) -> TrainSection:
+        return self.prep.recipe.train
+
+    @property
+    def sizes(self) -> tuple:
+        return self.prep.model_config.sizes
+
+    @property
+    def sharded(self) -> bool:
+        return self.dist.world > 1
+
+
+def _setup(prep: Prepared, run_dir: Path, dist: Dist, console: Console, resume: bool,
+           started_training: float) -> tuple[_Training, dict | None, dict, dict | None]:
+    """(the training's moving parts, the warm-start record, the data's stats, config.json's "data")."""
     recipe, dataset, t = prep.recipe, prep.dataset, prep.recipe.train
     torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
     rng = np.random.default_rng(t.seed)
@@ -196,103 +255,115 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
         counts = distributed.sum_counts(windows.target_counts(prep.model_config.num_items), dist)
     objective = make_objective(model, t, windows if counts is None else counts).to(dist.device)
     optimizer, scheduler = make_optimizer(model, t, steps_per_epoch)
-    sizes = prep.model_config.sizes
-    selected = "NDCG@10 mean over sizes" if t.select_on == "mean" else f"NDCG@10[{sizes[-1]}]"
-    val_name = "val" if val_sample is None else f"val (sample of {len(val_sample)} users)"
-    sharded = dist.world > 1
+    tr = _Training(prep, run_dir, dist, console, rng, model, dataset, windows, val_sample, steps_per_epoch,
+                   objective, optimizer, scheduler, started_training)
+    return tr, init_from, stats, data_record
 
-    s = {"epoch": 0, "best": -1.0, "best_epoch": 0, "waited": 0, "best_val": {}}  # what resume restores
-    best_weights = None
-    if dist.main and not resume:
-        _create_run_dir(run_dir, prep, model, dist, data_record, init_from)
-    lock = checkpoint.lock(run_dir) if dist.main else None
-    try:  # the lock is released however training ends (an exception included)
-        if dist.main and resume:
-            checkpoint.remove_partial_writes(run_dir)  # writes a kill cut short
-        if resume and checkpoint.has_state(run_dir):
-            meta, tensors = checkpoint.load_state(run_dir)
-            if meta.get("finished"):
-                raise FmrlError(f"{run_dir}: training already finished (epoch {meta['epoch']}); nothing to resume")
-            best_weights = checkpoint.restore(meta, tensors, model, optimizer, scheduler, rng, dist.rank,
-                                              dist.device, run_dir / checkpoint.TENSORS) or _copy(model)
-            s = {key: meta[key] for key in s}
-            if dist.main:
-                checkpoint.reconcile(run_dir, meta, model, best_weights)
-            console.print(f"[bold]resuming[/] {run_dir} after epoch {s['epoch']} "
-                          f"(best {s['best']:.4f} @ {s['best_epoch']})")
-        if init_from and not resume:
-            console.print(warm_start.describe(init_from))
-        console.print(f"[bold]training[/] {dataset.name}: {stats} | sizes {list(sizes)} | "
-                      f"{model.num_params()['total']:,} parameters | loss {t.loss} | "
-                      f"{dist.world} x {dist.device.type} | run {run_dir}")
 
-        step_fn = distributed.wrap(objective, dist)
-        last_epoch = t.epochs if s["waited"] < t.patience else s["epoch"]
-        with make_progress(console) as progress:
-            epochs_task = progress.add_task("epochs", total=t.epochs, completed=s["epoch"], info="")
-            for epoch in range(s["epoch"] + 1, last_epoch + 1):
-                objective.train()
-                started = time.perf_counter()
-                batches = epoch_batches(rng, windows.lengths, t.batch_size, steps_per_epoch, t.length_buckets)
-                batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
-                running = 0.0
-                for step, rows in enumerate(batches):
-                    x, y, scale = distributed.shard_batch(windows, rows, dist)
-                    running += train_step(step_fn, optimizer, scheduler, x, y, scale, t.grad_clip)
-                    progress.update(batch_task, advance=1, info=f"loss {running / (step + 1):.4f}")
-                progress.remove_task(batch_task)
-                loss = distributed.sum_across([running / steps_per_epoch], dist)[0] / dist.world
-                train_seconds = time.perf_counter() - started
-                val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist, progress,
-                                  users=val_sample, sharded=sharded)
-                score = selection_score(val, t.select_on)
-                improved = score > s["best"]
-                if improved:
-                    s.update(best=score, best_epoch=epoch, waited=0, best_val=val)
-                    best_weights = _copy(model)
-                else:
-                    s["waited"] += 1
-                record = {"epoch": epoch, "loss": loss, "train_seconds": round(train_seconds, 2),
-                          "eval_seconds": round(time.perf_counter() - started - train_seconds, 2),
-                          "val_NDCG@10": {str(k): round(val[k]["NDCG@10"], 5) for k in sizes}, "best": improved,
-                          "elapsed_seconds": round(time.perf_counter() - started_training, 1)}  # this session's
-                if val_sample is not None:
-                    record["val_users"] = len(val_sample)
-                if dist.world > 1:
-                    record["replicas_in_sync"] = distributed.replicas_in_sync(model, dist)
-                torch_rng = distributed.gather(torch.get_rng_state(), dist)
-                cuda_rng = distributed.gather(torch.cuda.get_rng_state(dist.device), dist) if dist.cuda else []
-                if dist.main:  # the training state first: files derived from it are rewritten on resume
-                    checkpoint.save_state(run_dir, model, optimizer, scheduler, rng,
-                                          {**s, "epoch": epoch, "seed": t.seed, "record": record},
-                                          None if improved else best_weights, torch_rng, cuda_rng)
-                    if improved:
-                        save_checkpoint(model, run_dir)
-                        write_metrics(run_dir, "val", val)
-                    append_history(run_dir, record)
-                if not record.get("replicas_in_sync", True):
-                    raise RuntimeError(f"data-parallel replicas hold different weights after epoch {epoch}")
-                s["epoch"] = epoch
-                progress.update(epochs_task, advance=1,
-                                info=f"{val_name} {selected} {score:.4f} (best {s['best']:.4f} @ {s['best_epoch']})")
-                if not console.is_terminal:  # logs get one line per epoch
-                    console.print(f"epoch {epoch}: loss {loss:.4f}, {val_name} {selected} {score:.4f}, "
-                                  f"{train_seconds:.0f} s train, best {s['best']:.4f} @ {s['best_epoch']}")
-                if s["waited"] >= t.patience:
-                    console.print(f"early stop after epoch {epoch}: no improvement for {t.patience} epochs")
-                    break
+def _restore(tr: _Training) -> None:
+    """Continue from run_dir's training state: weights, optimizer, scheduler, RNGs and `s`."""
+    run_dir, dist = tr.run_dir, tr.dist
+    meta, tensors = checkpoint.load_state(run_dir)
+    if meta.get("finished"):
+        raise FmrlError(f"{run_dir}: training already finished (epoch {meta['epoch']}); nothing to resume")
+    tr.best_weights = checkpoint.restore(meta, tensors, tr.model, tr.optimizer, tr.scheduler, tr.rng, dist.rank,
+                                         dist.device, run_dir / checkpoint.TENSORS) or _copy(tr.model)
+    tr.s = {key: meta[key] for key in tr.s}
+    if dist.main:
+        checkpoint.reconcile(run_dir, meta, tr.model, tr.best_weights)
+    s = tr.s
+    tr.console.print(f"[bold]resuming[/] {run_dir} after epoch {s['epoch']} "
+                     f"(best {s['best']:.4f} @ {s['best_epoch']})")
 
-        model.load_state_dict(best_weights)
-        # always exact: every user, whatever val_users
-        val = evaluate_on(model, dataset, "val", recipe.data.max_len, t.eval_batch_size, dist, sharded=sharded)
-        test = evaluate_on(model, dataset, "test", recipe.data.max_len, t.eval_batch_size, dist, sharded=sharded)
-        if dist.main:
+
+def _epochs(tr: _Training) -> None:
+    """Epochs from the one after `s["epoch"]` to early stopping (or [train] epochs)."""
+    t, s, console = tr.t, tr.s, tr.console
+    selected = "NDCG@10 mean over sizes" if t.select_on == "mean" else f"NDCG@10[{tr.sizes[-1]}]"
+    val_name = "val" if tr.val_sample is None else f"val (sample of {len(tr.val_sample)} users)"
+    step_fn = distributed.wrap(tr.objective, tr.dist)
+    last_epoch = t.epochs if s["waited"] < t.patience else s["epoch"]
+    with make_progress(console) as progress:
+        epochs_task = progress.add_task("epochs", total=t.epochs, completed=s["epoch"], info="")
+        for epoch in range(s["epoch"] + 1, last_epoch + 1):
+            tr.objective.train()
+            started = time.perf_counter()
+            loss = _train_epoch(tr, step_fn, progress, epoch)
+            train_seconds = time.perf_counter() - started
+            score = _end_of_epoch(tr, progress, epoch, loss, started, train_seconds)
+            s["epoch"] = epoch
+            progress.update(epochs_task, advance=1,
+                            info=f"{val_name} {selected} {score:.4f} (best {s['best']:.4f} @ {s['best_epoch']})")
+            if not console.is_terminal:  # logs get one line per epoch
+                console.print(f"epoch {epoch}: loss {loss:.4f}, {val_name} {selected} {score:.4f}, "
+                              f"{train_seconds:.0f} s train, best {s['best']:.4f} @ {s['best_epoch']}")
+            if s["waited"] >= t.patience:
+                console.print(f"early stop after epoch {epoch}: no improvement for {t.patience} epochs")
+                break
+
+
+def _train_epoch(tr: _Training, step_fn, progress: Progress, epoch: int) -> float:
+    """One pass over this rank's rows; returns the mean loss over every rank."""
+    t, dist, steps_per_epoch = tr.t, tr.dist, tr.steps_per_epoch
+    batches = epoch_batches(tr.rng, tr.windows.lengths, t.batch_size, steps_per_epoch, t.length_buckets)
+    batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
+    running = 0.0
+    for step, rows in enumerate(batches):
+        x, y, scale = distributed.shard_batch(tr.windows, rows, dist)
+        running += train_step(step_fn, tr.optimizer, tr.scheduler, x, y, scale, t.grad_clip)
+        progress.update(batch_task, advance=1, info=f"loss {running / (step + 1):.4f}")
+    progress.remove_task(batch_task)
+    return distributed.sum_across([running / steps_per_epoch], dist)[0] / dist.world
+
+
+def _end_of_epoch(tr: _Training, progress: Progress, epoch: int, loss: float, started: float,
+                  train_seconds: float) -> float:
+    """Validate, follow the best epoch, save the training state (+ the best checkpoint and val metrics)
+    and the history record. Returns the epoch's selection score."""
+    t, dist, s, model, run_dir = tr.t, tr.dist, tr.s, tr.model, tr.run_dir
+    val = evaluate_on(model, tr.dataset, "val", tr.prep.recipe.data.max_len, t.eval_batch_size, dist, progress,
+                      users=tr.val_sample, sharded=tr.sharded)
+    score = selection_score(val, t.select_on)
+    improved = score > s["best"]
+    if improved:
+        s.update(best=score, best_epoch=epoch, waited=0, best_val=val)
+        tr.best_weights = _copy(model)
+    else:
+        s["waited"] += 1
+    record = {"epoch": epoch, "loss": loss, "train_seconds": round(train_seconds, 2),
+              "eval_seconds": round(time.perf_counter() - started - train_seconds, 2),
+              "val_NDCG@10": {str(k): round(val[k]["NDCG@10"], 5) for k in tr.sizes}, "best": improved,
+              "elapsed_seconds": round(time.perf_counter() - tr.started, 1)}  # this session's
+    if tr.val_sample is not None:
+        record["val_users"] = len(tr.val_sample)
+    if dist.world > 1:
+        record["replicas_in_sync"] = distributed.replicas_in_sync(model, dist)
+    torch_rng = distributed.gather(torch.get_rng_state(), dist)
+    cuda_rng = distributed.gather(torch.cuda.get_rng_state(dist.device), dist) if dist.cuda else []
+    if dist.main:  # the training state first: files derived from it are rewritten on resume
+        checkpoint.save_state(run_dir, model, tr.optimizer, tr.scheduler, tr.rng,
+                              {**s, "epoch": epoch, "seed": t.seed, "record": record},
+                              None if improved else tr.best_weights, torch_rng, cuda_rng)
+        if improved:
+            save_checkpoint(model, run_dir)
             write_metrics(run_dir, "val", val)
-            write_metrics(run_dir, "test", test)
-            checkpoint.mark_finished(run_dir)
-        return {"val": val, "test": test, "best_epoch": s["best_epoch"]}
-    finally:
-        checkpoint.unlock(run_dir, lock)
+        append_history(run_dir, record)
+    if not record.get("replicas_in_sync", True):
+        raise RuntimeError(f"data-parallel replicas hold different weights after epoch {epoch}")
+    return score
+
+
+def _final_evaluation(tr: _Training) -> dict:
+    """The best weights, evaluated on val and test (always exact: every user, whatever val_users)."""
+    t, dist, run_dir, max_len = tr.t, tr.dist, tr.run_dir, tr.prep.recipe.data.max_len
+    tr.model.load_state_dict(tr.best_weights)
+    val = evaluate_on(tr.model, tr.dataset, "val", max_len, t.eval_batch_size, dist, sharded=tr.sharded)
+    test = evaluate_on(tr.model, tr.dataset, "test", max_len, t.eval_batch_size, dist, sharded=tr.sharded)
+    if dist.main:
+        write_metrics(run_dir, "val", val)
+        write_metrics(run_dir, "test", test)
+        checkpoint.mark_finished(run_dir)
+    return {"val": val, "test": test, "best_epoch": tr.s["best_epoch"]}
 
 
 def _copy(model: FMRLRec) -> dict[str, torch.Tensor]:
