@@ -24,7 +24,7 @@ from fmrl_sdk.train.loss import (ChunkedNestedCrossEntropy, FusedNestedCrossEntr
 from fmrl_sdk.train.recipe import Recipe
 from fmrl_sdk.train.trainer import prepare, train
 from tests.conftest import write_small_interactions
-from tests.test_model import make_model
+from tests.helpers import make_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"data": {"path": "demo", "max_len": 20},
@@ -632,7 +632,7 @@ def test_validation_sample_is_fixed_and_has_validation_targets(tmp_path):
     from fmrl_sdk.train.distributed import Dist, evaluate_on
     from fmrl_sdk.train.evaluate import evaluate
     from fmrl_sdk.train.trainer import validation_sample
-    from tests.test_temporal import DAY, T0, write_timed_log
+    from tests.helpers import DAY, T0, write_timed_log
 
     demo = load_dataset("demo")
     sample = validation_sample(demo, 300, 42)

@@ -12,7 +12,7 @@ from fmrl_sdk.train import distributed
 from fmrl_sdk.train.distributed import Dist
 from fmrl_sdk.train.evaluate import trim_left_padding
 from fmrl_sdk.train.windows import Windows, window_descriptors
-from tests.test_temporal import DAY, T0, write_timed_log
+from tests.helpers import DAY, T0, write_timed_log
 
 SETTINGS = [(20, 0), (50, 0), (5, 0), (5, 2), (5, 5), (20, 7), (1, 1)]  # (max_len, stride)
 
