@@ -361,7 +361,9 @@ def _time_split(path: Path, log: columnar.Log, min_count: int, spec: SplitSpec) 
         raise FmrlError(f"{path}: split = 'time' needs timestamps (a timestamp or ts column on every row)")
     cuts = resolve_cuts(spec, log.timestamps, str(path))
     before = np.flatnonzero(log.timestamps < cuts.val_from)
-    kept, k_core = columnar.k_core(columnar.restrict(log, before), min_count)
+    training = columnar.restrict(log, before)
+    kept, k_core = columnar.k_core(training, min_count)
+    k_core["of"] = {**training.raw, "what": "the events before val_from"}   # what the k-core filtered
     if len(kept) == 0:
         raise FmrlError(f"{path}: no training events left after {min_count}-core filtering of the events before "
                         f"val_from ({cuts.to_dict()['val_from_iso']})")
@@ -417,12 +419,12 @@ def report_line(dataset: Dataset, max_len: int, stride: int = 0) -> str:
     parts = [f"{stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions"]
     k = r.get("k_core")
     if k:
-        raw = r["raw"]
-        parts.append(f"{k['min_count']}-core dropped {k['users_dropped']:,} users "
-                     f"({_pct(k['users_dropped'], raw['users'])}), {k['items_dropped']:,} items "
-                     f"({_pct(k['items_dropped'], raw['items'])})")
+        raw = k.get("of") or r["raw"]   # a time split filters only the events before val_from
+        parts.append(f"{k['min_count']}-core{' of ' + raw['what'] if 'what' in raw else ''} dropped "
+                     f"{k['users_dropped']:,} users ({_pct(k['users_dropped'], raw['users'])}), "
+                     f"{k['items_dropped']:,} items ({_pct(k['items_dropped'], raw['items'])})")
     ties = r.get("timestamps")
-    if ties:
+    if ties and not r.get("split"):   # leave-one-out: file order then decides which item is the target
         parts.append(f"{_pct(ties['test_target_tied'], ties['users'])} of users' test targets tie in time "
                      "(file order decides)")
     usage = target_usage(dataset, max_len, stride)

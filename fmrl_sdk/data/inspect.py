@@ -45,11 +45,12 @@ def report_rows(r: dict) -> list[tuple[str, str]]:
             ("users / items / interactions", f"{r['users']:,} / {r['items']:,} / {r['interactions']:,}")]
     raw, k = r.get("raw"), r.get("k_core")
     if k:
+        base = k.get("of") or raw   # a time split filters only the events before val_from
         rows += [("in the file", f"{raw['users']:,} users, {raw['items']:,} items, {raw['interactions']:,} "
                                  "interactions"),
-                 (f"{k['min_count']}-core removed",
-                  f"{_share(k['users_dropped'], raw['users'])} users, {_share(k['items_dropped'], raw['items'])} "
-                  f"items, {_share(k['interactions_dropped'], raw['interactions'])} interactions in {k['rounds']} "
+                 (f"{k['min_count']}-core removed" + (f" (of {k['of']['what']})" if k.get("of") else ""),
+                  f"{_share(k['users_dropped'], base['users'])} users, {_share(k['items_dropped'], base['items'])} "
+                  f"items, {_share(k['interactions_dropped'], base['interactions'])} interactions in {k['rounds']} "
                   "rounds"),
                  ("  why", f"{k['users_below_k']:,} users and {k['items_below_k']:,} items had fewer than "
                            f"{k['min_count']} interactions in the file; {k['users_cascade']:,} users and "
