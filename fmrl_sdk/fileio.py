@@ -4,12 +4,13 @@ read by fmrl_sdk.jsonio (read_json and read_jsonl_objects are re-exported here f
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -98,25 +99,160 @@ def contained_path(root: str | Path, name, where) -> Path:
     return current
 
 
+# errno values that mean "the file system cannot take this write" (as opposed to a bad input file)
+WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM",
+                                                            "EIO") if hasattr(errno, name))
+
+
+def write_error_reason(exc: BaseException) -> str | None:
+    """strerror of a failed write (OSError with a WRITE_ERRNOS errno, or a safetensors SafetensorError that
+    wraps one, e.g. "I/O error: No space left on device (os error 28)"); None for anything else."""
+    if isinstance(exc, OSError):
+        return (exc.strerror or os.strerror(exc.errno)) if exc.errno in WRITE_ERRNOS else None
+    if type(exc).__name__ == "SafetensorError":
+        match = re.search(r"\(os error (\d+)\)", str(exc))
+        if match and int(match.group(1)) in WRITE_ERRNOS:
+            return os.strerror(int(match.group(1)))
+    return None
+
+
+def cannot_write(path, exc: BaseException, inside: str | Path | None = None):
+    """The WriteError `PATH: cannot write (REASON)` for a failed write of `path`, or None when `exc` is not one
+    (write_error_reason). inside: an OSError naming a file elsewhere (an input that could not be read) is not
+    one. A WriteError about a file written inside `inside` is renamed to `path`."""
+    from .errors import WriteError
+
+    if isinstance(exc, WriteError):
+        within = inside is not None and str(exc.path).startswith(str(inside))
+        return WriteError(path, exc.reason) if within else None
+    if isinstance(exc, OSError) and exc.filename is not None and inside is not None \
+            and not str(exc.filename).startswith(str(inside)):
+        return None
+    reason = write_error_reason(exc)
+    return None if reason is None else WriteError(path, reason)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we wrote: keep
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists (another user's)
+        return True
+    return True
+
+
+_PARTIAL_TAIL = re.compile(r"(\d+)(?:-\d+)?")
+
+
+def remove_stale_partials(target: str | Path, suffix: str) -> list[Path]:
+    """Remove `.NAME.PID.SUFFIX` / `.NAME.PID-N.SUFFIX` siblings of `target` (the temporaries of atomic writes,
+    see _partial_sibling) whose PID is no longer a live process: writes cut short by a kill. A temporary of a
+    live process is never touched. Returns what was removed."""
+    target = Path(target)
+    head = f".{target.name}."
+    removed = []
+    try:
+        candidates = list(target.parent.glob(f"{glob_escape(head)}*{glob_escape(suffix)}"))
+    except OSError:
+        return removed
+    for path in candidates:
+        middle = path.name[len(head):len(path.name) - len(suffix)]
+        match = _PARTIAL_TAIL.fullmatch(middle)
+        if not match or _pid_alive(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(path)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _partial_sibling(target: Path, suffix: str, make) -> Path:
+    """Create (with `make(path)`, which must fail with FileExistsError when it exists) the hidden sibling
+    `.NAME.PID.SUFFIX` of `target` (`.NAME.PID-N.SUFFIX` when this process already has one), after removing
+    stale ones of dead processes."""
+    remove_stale_partials(target, suffix)
+    pid, n = os.getpid(), 0
+    while True:
+        path = target.with_name(f".{target.name}.{pid}{f'-{n}' if n else ''}{suffix}")
+        try:
+            make(path)
+            return path
+        except FileExistsError:
+            n += 1
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
-    """Open a temporary sibling of `path` for writing; it replaces `path` only if the block succeeds,
-    so readers see either the old file or the whole new one. The file ends up with the permissions a
-    plain open() would give it (existing file: unchanged; new file: 0666 less the umask)."""
+    """Open a temporary sibling of `path` (`.NAME.PID.tmp`) for writing; it replaces `path` only if the block
+    succeeds, so readers see either the old file or the whole new one. The file ends up with the permissions
+    a plain open() would give it (existing file: unchanged; new file: 0666 less the umask). A failed write
+    (full disk, read-only file system, no permission, ...) removes the temporary and raises FmrlError
+    `PATH: cannot write (REASON)`; temporaries left by killed processes are removed first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd = None
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        holder = {}
+
+        def make(candidate: Path) -> None:
+            holder["fd"] = os.open(candidate, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+        tmp = _partial_sibling(path, ".tmp", make)
+        fd = holder["fd"]
         os.fchmod(fd, _mode_like_open(path))
-        with os.fdopen(fd, mode, **kwargs) as f:
+        f = os.fdopen(fd, mode, **kwargs)
+    except OSError as e:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        error = cannot_write(path, e)
+        if error is None:
+            raise
+        raise error from None
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        error = cannot_write(path, e, inside=tmp)
+        if error is None:
+            raise
+        raise error from None
+
+
+def atomic_save_file(path: str | Path, tmp: str | Path, save) -> None:
+    """`save(tmp)` (e.g. safetensors' save_file), fsync, rename to `path`; on failure the temporary is removed
+    and a failed write (full disk, ...) becomes WriteError `PATH: cannot write (REASON)`."""
+    path, tmp = Path(path), Path(tmp)
+    try:
+        save(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        error = cannot_write(path, e, inside=tmp)
+        if error is None:
+            raise
+        raise error from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -148,16 +284,28 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; rename it to `final` only if the block succeeds.
+    """Yield a temporary sibling directory (`.NAME.PID.partial`); rename it to `final` only if the block
+    succeeds.
 
-    On any exception the temporary directory is removed and `final` is left untouched. The directory
-    gets the permissions mkdir() would give it (0777 less the umask; an existing one keeps its own).
+    On any exception the temporary directory is removed and `final` is left untouched; a failed write into
+    it (full disk, ...: OSError or SafetensorError) becomes FmrlError `FINAL: cannot write (REASON)`.
+    Temporary directories left by killed processes are removed first. The directory gets the permissions
+    mkdir() would give it (0777 less the umask; an existing one keeps its own).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    tmp = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _partial_sibling(final, ".partial", lambda candidate: candidate.mkdir(mode=0o700))
         tmp.chmod(_mode_like_open(final, 0o777))
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        error = cannot_write(final, e)
+        if error is None:
+            raise
+        raise error from None
+    try:
         yield tmp
         if final.exists():
             if not overwrite:
@@ -169,9 +317,12 @@ def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        error = cannot_write(final, e, inside=tmp)
+        if error is None:
+            raise
+        raise error from None
 
 
 def exclusive_lock(path: Path, what, program: str) -> int | None:
@@ -205,8 +356,9 @@ def exclusive_lock(path: Path, what, program: str) -> int | None:
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {program}\n".encode(), 0)
+    with contextlib.suppress(OSError):  # who holds it is a courtesy: a full disk must not break the lock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {program}\n".encode(), 0)
     return fd
 
 

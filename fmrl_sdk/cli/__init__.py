@@ -62,7 +62,9 @@ def _verbose_requested(args: list[str]) -> bool:
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
+    """Console entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits 130. An
+    OSError (or a safetensors write error) that escapes a command is one line too (`error: FILE: REASON`,
+    exit 2): a full disk or a missing permission is the machine's state, not a bug to show a traceback for."""
     from .noise import filter_stderr
 
     if not _verbose_requested(sys.argv[1:]):
@@ -78,3 +80,23 @@ def main() -> None:
     except typer.exceptions.TyperException as e:  # usage errors (typer's own click) carry their exit code
         print(f"error: {e.format_message()} (see --help)", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        from ..fileio import write_error_reason
+
+        print(f"error: {write_error_reason(e) or e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _os_error_line(e: OSError) -> str:
+    """`FILENAME: strerror` (both file names for a failed rename) of an OSError that escaped a command."""
+    reason = e.strerror or (str(e) if str(e) else type(e).__name__)
+    if e.filename is None:
+        return reason
+    if getattr(e, "filename2", None) is not None:
+        return f"{e.filename} -> {e.filename2}: {reason}"
+    return f"{e.filename}: {reason}"

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, exclusive_lock, release_lock
+from ..fileio import atomic_write_bytes, cannot_write, exclusive_lock, release_lock
 from ..jsonio import read_json_bytes
 from .events import BAD_KINDS, BadLine, parse_line
 from .scoring import Cut, Scoring, Window
@@ -267,6 +267,20 @@ class Replay:
             raise FmrlError("--resume needs --state-dir")
         else:
             self.resumed = False
+        try:
+            self._replay_to_out(progress)
+        except BaseException as e:
+            if self.out is None:
+                raise
+            if self.state_dir is None:  # not resumable: the partial --out is of no use to anyone
+                self.partial_out.unlink(missing_ok=True)
+            error = cannot_write(self.out, e, inside=self.partial_out)
+            if error is None:
+                raise
+            raise error from None
+        return self.report()
+
+    def _replay_to_out(self, progress) -> None:
         if self.out is not None and not self.resumed:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.partial_out.write_bytes(b"")  # ours: a leftover of a killed run without --state-dir
@@ -281,7 +295,6 @@ class Replay:
                 self._out_file.close()
         if self.out is not None:
             os.replace(self.partial_out, self.out)
-        return self.report()
 
     def _loop(self, progress) -> None:
         rec, opt, c = self.rec, self.opt, self.c

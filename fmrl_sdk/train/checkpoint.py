@@ -17,7 +17,6 @@ state on resume, so every kill point resumes to a consistent run directory.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, atomic_write_json, exclusive_lock, release_lock
+from ..fileio import atomic_save_file, atomic_write_bytes, atomic_write_json, exclusive_lock, release_lock
 from ..jsonio import parse_json_text, read_json
 from .run import CHECKPOINT, save_checkpoint, write_metrics
 
@@ -93,12 +92,9 @@ def save_state(run_dir: Path, model, optimizer, scheduler, rng: np.random.Genera
             "best_is_current": best_weights is None, "world_size": len(torch_rng),
             "optimizer": {"param_groups": opt["param_groups"], "scalars": opt_scalars},
             "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state}
-    tmp = run_dir / f".{TENSORS}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": FORMAT, "train_state": json.dumps(meta)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(run_dir / TENSORS)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_save_file(run_dir / TENSORS, run_dir / f".{TENSORS}.tmp",
+                     lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "train_state": json.dumps(meta)}))
     atomic_write_json(run_dir / META, meta)
 
 

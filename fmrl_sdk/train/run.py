@@ -140,9 +140,11 @@ def save_checkpoint(model: FMRLRec, run_dir: Path, state: dict | None = None) ->
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
-    tmp = run_dir / f".{CHECKPOINT}.tmp"
-    save_file(state, str(tmp), metadata={"format": "fmrl-sdk", "sizes": json.dumps(list(model.cfg.sizes))})
-    tmp.replace(run_dir / CHECKPOINT)
+    from ..fileio import atomic_save_file
+
+    metadata = {"format": "fmrl-sdk", "sizes": json.dumps(list(model.cfg.sizes))}
+    atomic_save_file(run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.tmp",
+                     lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def write_metrics(run_dir: Path, split: str, metrics: dict[int, dict[str, float]]) -> None:

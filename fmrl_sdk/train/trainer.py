@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,8 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..data.dataset import Dataset, data_report, load_dataset
-from ..errors import FmrlError
-from ..fileio import atomic_write_json
+from ..errors import FmrlError, WriteError
+from ..fileio import atomic_write_json, cannot_write
 from ..model.model import FMRLRec, ModelConfig, uses_content
 from . import checkpoint, distributed, warm_start
 from .distributed import Dist, evaluate_on
@@ -178,10 +179,13 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
     dist = dist or Dist()
     console = (console or Console()) if dist.main else Console(quiet=True)
     tr, init_from, stats, data_record = _setup(prep, run_dir, dist, console, resume, started_training)
-    if dist.main and not resume:
+    created = dist.main and not resume
+    if created:
         _create_run_dir(run_dir, prep, tr.model, dist, data_record, init_from)
-    lock = checkpoint.lock(run_dir) if dist.main else None
+    lock = None
+    write_failed = False
     try:  # the lock is released however training ends (an exception included)
+        lock = checkpoint.lock(run_dir) if dist.main else None
         if dist.main and resume:
             checkpoint.remove_partial_writes(run_dir)  # writes a kill cut short
         if resume and checkpoint.has_state(run_dir):
@@ -194,8 +198,15 @@ def train(prep: Prepared, run_dir: Path, console: Console | None = None, dist: D
                       f"{dist.world} x {dist.device.type} | run {run_dir}")
         _epochs(tr)
         return _final_evaluation(tr)
+    except BaseException as e:
+        write_failed = isinstance(e, (WriteError, OSError)) or type(e).__name__ == "SafetensorError"
+        raise
     finally:
         checkpoint.unlock(run_dir, lock)
+        if write_failed and created and not checkpoint.has_state(run_dir):
+            # full disk (or the like) before the first epoch was saved: nothing to resume, so leave no
+            # directory behind that would block a retry with the same --out
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass
@@ -381,11 +392,22 @@ def _data_record(prep: Prepared) -> dict:
 
 def _create_run_dir(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist, data: dict,
                     init_from: dict | None = None) -> None:
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:  # atomic: of two runs started with the same --out, exactly one creates it
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir()
     except FileExistsError:
         raise FmrlError(f"{run_dir}: already exists (choose another --out, or --resume it)") from None
+    except OSError as e:
+        raise cannot_write(run_dir, e) or e from None
+    try:
+        _write_run_files(run_dir, prep, model, dist, data, init_from)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # ours, just created: a retry with the same --out must work
+        raise
+
+
+def _write_run_files(run_dir: Path, prep: Prepared, model: FMRLRec, dist: Dist, data: dict,
+                     init_from: dict | None) -> None:
     recipe, dataset = prep.recipe, prep.dataset
     atomic_write_json(run_dir / "items.json", dataset.item_ids)
     atomic_write_json(run_dir / "config.json", {
