@@ -132,6 +132,15 @@ def cannot_write(path, exc: BaseException, inside: str | Path | None = None):
     return None if reason is None else WriteError(path, reason)
 
 
+def raise_as_write_error(path, exc: BaseException, inside: str | Path | None = None):
+    """Raise `exc` as `PATH: cannot write (REASON)` when it is a failed write of `path` (cannot_write), else
+    as it is: what every writer does after removing its temporary."""
+    error = cannot_write(path, exc, inside=inside)
+    if error is None:
+        raise exc
+    raise error from None
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return True  # not a pid we wrote: keep
@@ -218,10 +227,7 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        error = cannot_write(path, e)
-        if error is None:
-            raise
-        raise error from None
+        raise_as_write_error(path, e)
     try:
         with f:
             yield f
@@ -231,10 +237,7 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        error = cannot_write(path, e, inside=tmp)
-        if error is None:
-            raise
-        raise error from None
+        raise_as_write_error(path, e, inside=tmp)
 
 
 def atomic_save_file(path: str | Path, tmp: str | Path, save) -> None:
@@ -249,10 +252,7 @@ def atomic_save_file(path: str | Path, tmp: str | Path, save) -> None:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        error = cannot_write(path, e, inside=tmp)
-        if error is None:
-            raise
-        raise error from None
+        raise_as_write_error(path, e, inside=tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -301,10 +301,7 @@ def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Pat
     except OSError as e:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        error = cannot_write(final, e)
-        if error is None:
-            raise
-        raise error from None
+        raise_as_write_error(final, e)
     try:
         yield tmp
         if final.exists():
@@ -319,10 +316,7 @@ def atomic_directory(final: str | Path, overwrite: bool = False) -> Iterator[Pat
             os.replace(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        error = cannot_write(final, e, inside=tmp)
-        if error is None:
-            raise
-        raise error from None
+        raise_as_write_error(final, e, inside=tmp)
 
 
 def exclusive_lock(path: Path, what, program: str) -> int | None:

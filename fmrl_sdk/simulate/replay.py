@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, cannot_write, exclusive_lock, release_lock
+from ..fileio import atomic_write_bytes, exclusive_lock, raise_as_write_error, release_lock
 from ..jsonio import read_json_bytes
 from .events import BAD_KINDS, BadLine, parse_line
 from .scoring import Cut, Scoring, Window
@@ -274,10 +274,7 @@ class Replay:
                 raise
             if self.state_dir is None:  # not resumable: the partial --out is of no use to anyone
                 self.partial_out.unlink(missing_ok=True)
-            error = cannot_write(self.out, e, inside=self.partial_out)
-            if error is None:
-                raise
-            raise error from None
+            raise_as_write_error(self.out, e, inside=self.partial_out)
         return self.report()
 
     def _replay_to_out(self, progress) -> None:
