@@ -77,6 +77,38 @@ def check_outputs_are_not_inputs(outputs: dict, inputs: dict) -> None:
                                 "input: choose another path")
 
 
+def check_writable(outputs: dict, folders: dict | None = None) -> None:
+    """FmrlError when an output cannot be written, before any work: for each {label: path or None} of
+    `outputs` (files), the path must not be a folder and the nearest existing folder above it must be
+    writable (missing folders between are created later); `folders` ({label: path or None}, e.g. a state
+    dir) the same, except that the path, when it exists, must be a writable folder itself."""
+    from .errors import FmrlError
+
+    def nearest_folder(path: Path) -> Path:
+        parent = path.parent
+        while not os.path.lexists(parent) and parent != parent.parent:
+            parent = parent.parent
+        return parent
+
+    for label, path, is_folder in [*((k, v, False) for k, v in outputs.items()),
+                                   *((k, v, True) for k, v in (folders or {}).items())]:
+        if path is None:
+            continue
+        path = Path(path)
+        if is_folder and path.exists():
+            folder = path
+            if not path.is_dir():
+                raise FmrlError(f"{path}: {label} cannot be written (it is not a folder)")
+        else:
+            if not is_folder and path.is_dir():
+                raise FmrlError(f"{path}: {label} cannot be written (it is a folder)")
+            folder = nearest_folder(path)
+        if not folder.is_dir():
+            raise FmrlError(f"{path}: {label} cannot be written ({folder} is not a folder)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise FmrlError(f"{path}: {label} cannot be written (folder {folder} is not writable)")
+
+
 def contained_path(root: str | Path, name, where) -> Path:
     """`root/name` for a file name read from a manifest, or FmrlError (naming `where`) when `name` is not
     a plain relative path, when any part of it is a symbolic link, or when it resolves outside `root`.

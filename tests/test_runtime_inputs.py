@@ -218,3 +218,32 @@ out["argument"] = 2
         code, message, added = out[name]
         assert code != 0 and words in message and added == 0, (name, out[name])
     assert out["edge"][0] == 0 and out["edge"][2] == 2
+
+
+def test_c_null_buffer_with_room_claimed_is_an_argument_error(cpp_build, art):
+    """Output buffers: NULL with a non-zero capacity is FMRL_ERR_ARGUMENT naming `out`, not "too small";
+    NULL with capacity 0 stays fmrl_session_to_bytes's size query (FMRL_ERR_BUFFER, *size set)."""
+    out = run_app(cpp_build, r"""
+F = ctypes.POINTER(ctypes.c_float)
+lib.fmrl_item_vector.restype, lib.fmrl_item_vector.argtypes = ctypes.c_int, [P, C, F, SZ]
+lib.fmrl_session_hidden.restype, lib.fmrl_session_hidden.argtypes = ctypes.c_int, [P, P, F, SZ]
+status, rec = open_(args["bundle"])
+session = P()
+lib.fmrl_session_new(rec, ctypes.byref(session))
+first = lib.fmrl_item_id(rec, 1)
+size = SZ()
+out["to_bytes/null"] = [lib.fmrl_session_to_bytes(rec, session, None, 0, None, 4096, ctypes.byref(size)), err(),
+                        size.value]
+size = SZ()
+out["to_bytes/query"] = [lib.fmrl_session_to_bytes(rec, session, None, 0, None, 0, ctypes.byref(size)), err(),
+                         size.value, lib.fmrl_state_bytes(rec)]
+out["item_vector"] = [lib.fmrl_item_vector(rec, first, None, 4096), err()]
+out["hidden"] = [lib.fmrl_session_hidden(rec, session, None, 4096), err()]
+lib.fmrl_session_free(session)
+lib.fmrl_close(rec)
+""", bundle=str(art.bundle))
+    assert out["to_bytes/null"][:2] == [1, "fmrl_session_to_bytes: out is NULL"]
+    code, message, size, state_bytes = out["to_bytes/query"]
+    assert code == 6 and size == state_bytes and "needs a buffer of" in message
+    assert out["item_vector"] == [1, "fmrl_item_vector: out is NULL"]
+    assert out["hidden"] == [1, "fmrl_session_hidden: out is NULL"]

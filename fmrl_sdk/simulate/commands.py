@@ -17,15 +17,16 @@ def simulate(stream, bundle=None, k: int = 10, report=None, out=None, state_dir=
              window: str | None = None, curve=None, items=None, run=None) -> dict:
     """Run a simulation (the CLI's body, usable from Python). Returns the report dict.
     An output (--out, --report, --curve, the snapshot) that is an input (the stream, a bundle file) or
-    another output is refused before anything is written.
+    another output, or whose folder is not writable, is refused before anything is written.
     score_from: the cut (unix timestamp or ISO date) instead of the bundle's recorded split; window: the
     report windows after a time cut (scoring.parse_window; default 7d); items + run: add items the bundle
     lacks from this catalogue, with the run's item vectors, when the stream first names them."""
-    from ..fileio import atomic_write_json, check_outputs_are_not_inputs
+    from ..fileio import atomic_write_json, check_outputs_are_not_inputs, check_writable
     from ..runtime import Recommender, newest_bundle
     from .replay import SNAPSHOT, Options, Replay
     from .scoring import DEFAULT_WINDOW, cut_for, parse_window, plot_windows
 
+    check_writable({"--out": out, "--report": report, "--curve": curve}, folders={"--state-dir": state_dir})
     if rec is None:
         rec = Recommender.open(bundle if bundle is not None else newest_bundle("bundles"), threads=threads)
     inputs = {"the stream": stream, **{f"the bundle's {name}": rec.bundle.path / name
@@ -208,11 +209,13 @@ def register(app: typer.Typer) -> None:
         """Write the data as events: real timestamps and order where the data has them, else users
         interleaved by a seeded random merge with synthetic timestamps."""
         from ..data.dataset import load_dataset
+        from ..fileio import check_writable
         from ..train.run import load_run_dataset, read_run
         from .stream import make_stream
 
         if (run is None) == (data is None):
             raise FmrlError("pass exactly one of --run or --data")
+        check_writable({"--out": out})
         dataset = load_run_dataset(read_run(run), with_catalogue=False) if run is not None else load_dataset(data, min_count=min_count)
         info = make_stream(out, dataset, split, seed)
         if info["order"] == "real":

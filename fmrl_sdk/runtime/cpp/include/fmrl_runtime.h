@@ -184,7 +184,8 @@ FMRL_API fmrl_status fmrl_session_restore(const fmrl_recommender* rec, const uin
 /* Frees a session (NULL: nothing). */
 FMRL_API void fmrl_session_free(fmrl_session* session);
 /* Writes fmrl_state_bytes(rec) bytes, plus a 32-byte HMAC-SHA256 tag when key is not NULL (>= 16 bytes);
- * *size receives that count (also on FMRL_ERR_BUFFER). */
+ * *size receives that count (also on FMRL_ERR_BUFFER). out = NULL with capacity = 0 is a size query
+ * (FMRL_ERR_BUFFER, *size set); out = NULL with a non-zero capacity is FMRL_ERR_ARGUMENT. */
 FMRL_API fmrl_status fmrl_session_to_bytes(const fmrl_recommender* rec, const fmrl_session* session,
                                            const uint8_t* key, size_t key_size, uint8_t* out, size_t capacity,
                                            size_t* size);

@@ -658,6 +658,9 @@ fmrl_status fmrl_session_to_bytes(const fmrl_recommender* rec, const fmrl_sessio
     check_key(key, key_size);
     const size_t total = rec->state_bytes + (key ? kMac : 0);
     if (size) *size = total;
+    // NULL with capacity 0 is the documented size query (FMRL_ERR_BUFFER, *size set); NULL with room claimed
+    // is a caller bug, not a small buffer
+    if (!out && capacity != 0) need(out, "fmrl_session_to_bytes", "out");
     if (!out || capacity < total)
       throw Error(FMRL_ERR_BUFFER, "fmrl_session_to_bytes: needs a buffer of " + std::to_string(total) +
                                        " bytes, got " + std::to_string(capacity));
