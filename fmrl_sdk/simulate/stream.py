@@ -76,14 +76,13 @@ def timed_events(dataset: Dataset, split: str = "test") -> list[tuple]:
         in_items = np.isin(np.asarray(log.item_ids, dtype=object), dataset.item_ids)
         rows = order[in_users[log.user_codes[order]] & in_items[log.item_codes[order]]]   # the k-core's rows
         drop = SPLIT_CUT[split]
-        if drop:   # each user's last `drop` events: count events after each one, per user, from the end
+        if drop:   # without each user's last `drop` events: keep those with at least `drop` after them
             users = log.user_codes[rows]
-            after = np.zeros(len(rows), dtype=np.int64)
-            seen = np.zeros(len(log.user_ids), dtype=np.int64)
-            for j in range(len(rows) - 1, -1, -1):
-                after[j] = seen[users[j]]
-                seen[users[j]] += 1
-            rows = rows[after >= drop]
+            by_user = np.argsort(users, kind="stable")            # each user's events, in stream order
+            counts = np.bincount(users, minlength=len(log.user_ids))
+            rank = np.empty(len(rows), dtype=np.int64)
+            rank[by_user] = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+            rows = rows[counts[users] - 1 - rank >= drop]
     return [(log.user_ids[u], log.item_ids[i], t)
             for u, i, t in zip(log.user_codes[rows].tolist(), log.item_codes[rows].tolist(), ts[rows].tolist())]
 
