@@ -293,8 +293,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
-def read_toml(path: str | Path, kind: str) -> dict:
-    """Parse a TOML file; a missing or malformed file is a one-line FmrlError naming it and its `kind`."""
+def read_toml(path: str | Path, kind: str, max_bytes: int = 1 << 20) -> dict:
+    """The table of a TOML file (a recipe, a device profile: `kind` names it in messages), under the rules of
+    every reader: UTF-8 whatever the locale, a byte order mark at the start allowed; at most `max_bytes` (1 MiB:
+    a recipe or a profile is a few hundred bytes), refused before parsing; TOML's own rules (a key or a table
+    set twice is refused); a file with no keys is refused. Every failure is one FmrlError line, `FILE:LINE:
+    what` where the line is known: not found, a folder, unreadable, too large, not UTF-8, invalid TOML."""
     from .errors import FmrlError
 
     try:
@@ -302,12 +306,41 @@ def read_toml(path: str | Path, kind: str) -> dict:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     path = Path(path)
-    if not path.is_file():
-        raise FmrlError(f"{path}: {kind} not found")
     try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FmrlError(f"{path}: invalid TOML ({e})") from None
+        if not path.exists():
+            raise FmrlError(f"{path}: {kind} not found")
+        if not path.is_file():
+            raise FmrlError(f"{path}: {kind} is a folder, not a file" if path.is_dir() else f"{path}: {kind} is "
+                            "not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise FmrlError(f"{path}: cannot read the {kind} ({e.strerror or e})") from None
+    if len(data) > max_bytes:
+        raise FmrlError(f"{path}: larger than {max_bytes:,} bytes (the most a {kind} may hold)")
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FmrlError(f"{path}:{line}: not UTF-8 text") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # "MESSAGE (at line L, column C)" or "MESSAGE (at end of document)"
+        where = re.fullmatch(r"(.*) \(at (?:line (\d+), column (\d+)|(end of document))\)", str(e), re.DOTALL)
+        if where is None:
+            raise FmrlError(f"{path}: invalid TOML ({e})") from None
+        message, line, column, at_end = where.groups()
+        line = text.rstrip().count("\n") + 1 if at_end else line
+        place = "at the end of the file" if at_end else f"column {column}"
+        raise FmrlError(f"{path}:{line}: invalid TOML ({message}, {place})") from None
+    except RecursionError:
+        raise FmrlError(f"{path}: invalid TOML (nested too deeply)") from None
+    except ValueError as e:  # an integer with more digits than Python converts
+        raise FmrlError(f"{path}: invalid TOML ({str(e).split(';')[0]})") from None
+    if not table:
+        raise FmrlError(f"{path}: empty {kind} (no keys)")
+    return table
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -400,3 +433,60 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_outputs(inputs: dict, files: dict | None = None, folders: dict | None = None,
+                  replaced: dict | None = None) -> None:
+    """Every check a command's outputs get before any work; FmrlError `PATH: ...` for the first that fails.
+    inputs, files (outputs that are files), folders (outputs that are folders): {label: path or None}.
+    replaced: {label: (path, marker)}, folders that the write replaces whole (atomic_directory with
+    overwrite: a bundle, a features folder). Each output must not be an input or another output
+    (check_outputs_are_not_inputs) and must be writable (check_writable); a replaced folder must not hold an
+    input, and when it exists and is not empty it must hold `marker` (the file every earlier output of its
+    kind has), so that a user's other folder is never replaced."""
+    from .errors import FmrlError
+
+    replaced = {label: spec for label, spec in (replaced or {}).items() if spec[0] is not None}
+    folders = {**(folders or {}), **{label: path for label, (path, _) in replaced.items()}}
+    check_outputs_are_not_inputs({**(files or {}), **folders}, inputs)
+    check_writable(files or {}, folders)
+    for label, (path, marker) in replaced.items():
+        path = Path(path)
+        for in_label, source in inputs.items():
+            if source is not None and Path(source).resolve().is_relative_to(path.resolve()):
+                raise FmrlError(f"{path}: {label} holds {in_label} ({source}); replacing it would destroy the "
+                                "input: choose another path")
+        if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+            raise FmrlError(f"{path}: {label} is a folder that is not empty and holds no {marker} (not an earlier "
+                            "output); it is never replaced: choose another path")
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, program: str) -> Iterator[None]:
+    """Hold an exclusive lock (exclusive_lock) on `.NAME.lock` beside the output `target` for the block: a second
+    PROGRAM writing the same output gets FmrlError "TARGET: in use by another PROGRAM (pid N)" at once. The
+    folders above `target` are created (check_outputs first) and removed again at the end when they are still
+    empty (nothing written); a lock that cannot be created is WriteError `TARGET: cannot write (REASON)`. The
+    lock file is removed at the end."""
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    created = [folder for folder in (target.parent, *target.parent.parents) if not os.path.lexists(folder)]
+
+    def remove_created() -> None:
+        for folder in created:   # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = exclusive_lock(lock, target, program)
+    except BaseException as e:
+        remove_created()
+        if isinstance(e, OSError):
+            raise_as_write_error(target, e)
+        raise
+    try:
+        yield
+    finally:
+        release_lock(lock, fd)
+        remove_created()

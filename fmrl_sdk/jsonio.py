@@ -107,7 +107,7 @@ def read_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
         lineno = 0
         while True:
-            raw = f.readline(MAX_JSONL_LINE_BYTES + 1)
+            raw = f.readline(MAX_JSONL_LINE_BYTES + 2)   # + "\r\n": a line of exactly the limit is read whole
             if not raw:
                 return
             lineno += 1

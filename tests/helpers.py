@@ -192,6 +192,24 @@ def run_app(build: Path, code: str, **args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """Run `fmrl-sdk ARGS` in this process through the real entry point (a traceback escapes as an exception):
+    (exit code, stdout, stderr)."""
+    from fmrl_sdk import cli as cli_module
+
+    old = sys.argv
+    sys.argv = ["fmrl-sdk", *map(str, args)]
+    code = 0
+    try:
+        cli_module.main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 # ----------------------------------------------------------------------------------------------
 # Tiny local encoder models (random weights, saved the way hub models are)
 

@@ -1,10 +1,16 @@
 """The straightforward interaction reader, the yardstick of fmrl_sdk/data/columnar.py: one Python tuple
 per row, the k-core by repeated counting, sequences by sorting rows. The SDK reads with the columnar
-reader; tests/test_columnar.py holds the two equal (ids, sequences, reports) on every case it builds."""
+reader; tests/test_columnar.py holds the two equal (ids, sequences, reports, or error messages) on every case
+it builds.
+
+The same rules as the columnar reader's module docstring lists, checked row by row: the whole file UTF-8,
+CSV fields of at most FIELD_LIMIT characters, ids by fmrl_sdk/ids.py (and no unpaired surrogate escape),
+finite timestamps, every row or none with a timestamp."""
 
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -12,28 +18,63 @@ import numpy as np
 
 from fmrl_sdk.data.dataset import Dataset
 from fmrl_sdk.errors import FmrlError
-from fmrl_sdk.fileio import read_jsonl_objects
+from fmrl_sdk.ids import id_problem, id_text, text_id_problem
+from fmrl_sdk.jsonio import MAX_JSONL_LINE_BYTES, read_jsonl_objects
 
 Row = tuple  # (user, item, timestamp, file order, has a timestamp)
+FIELD_LIMIT = MAX_JSONL_LINE_BYTES   # characters in one CSV field
 
 
 def read_interaction_rows(path: Path) -> list[Row]:
     """CSV (header with user,item[,timestamp]) or JSONL ({"user", "item", "timestamp"|"ts"}) rows, file order."""
+    _check_utf8(path)
     rows: list[Row] = []
-    if path.suffix.lower() == ".csv":
+    untimed = None   # line of the first row without a timestamp
+    for lineno, rec, typed in _csv_records(path) if path.suffix.lower() == ".csv" else _jsonl_records(path):
+        rows.append(_interaction(path, lineno, rec, len(rows), typed))
+        if not rows[-1][4] and untimed is None:
+            untimed = lineno
+    if not rows:
+        raise FmrlError(f"{path}: no interactions")
+    if untimed is not None and any(r[4] for r in rows):
+        raise FmrlError(f"{path}:{untimed}: no timestamp, but other rows have one (give every row a timestamp, or none)")
+    return rows
+
+
+def _check_utf8(path: Path) -> None:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FmrlError(f"{path}:{line}: not UTF-8 text") from None
+
+
+def _csv_records(path: Path):
+    previous = csv.field_size_limit(FIELD_LIMIT)
+    lineno = 1
+    try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = set(reader.fieldnames or [])
             if not {"user", "item"} <= fields:
                 raise FmrlError(f"{path}:1: CSV header needs 'user' and 'item' columns (got {sorted(fields)})")
             for lineno, rec in enumerate(reader, 2):
-                rows.append(_interaction(path, lineno, rec, len(rows)))
-    else:
-        for lineno, rec in read_jsonl_objects(path):
-            rows.append(_interaction(path, lineno, rec, len(rows)))
-    if not rows:
-        raise FmrlError(f"{path}: no interactions")
-    return rows
+                yield lineno, rec, False
+    except csv.Error as e:
+        text = " ".join(str(e).split())
+        if text.startswith("field larger than field limit"):
+            text = f"a field longer than {FIELD_LIMIT:,} characters (the most a CSV field may hold)"
+        else:
+            text = f"malformed CSV ({'a quoted field is never closed' if text == 'unexpected end of data' else text})"
+        raise FmrlError(f"{path}:{lineno + 1}: {text}") from None
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _jsonl_records(path: Path):
+    for lineno, rec in read_jsonl_objects(path):
+        yield lineno, rec, True
 
 
 def read_interactions(path: Path, min_count: int = 5) -> Dataset:
@@ -74,17 +115,38 @@ def _sequences(rows: list[Row], index: dict[str, int]) -> tuple[list[str], list[
             [np.asarray(times[u], dtype=np.float64) for u in user_ids])
 
 
-def _interaction(path: Path, lineno: int, rec: dict, order: int) -> Row:
+def _interaction(path: Path, lineno: int, rec: dict, order: int, typed: bool) -> Row:
+    """One row; typed: a JSON object (ids are strings or integers), else a CSV record (strings)."""
     for key in ("user", "item"):
-        if rec.get(key) in (None, ""):
+        value = rec.get(key)
+        if value is None or value == "":
             raise FmrlError(f"{path}:{lineno}: missing '{key}'")
+        problem = id_problem(value) if typed else text_id_problem(value)
+        if problem is not None:
+            raise FmrlError(f"{path}:{lineno}: '{key}' {problem}")
     ts = rec.get("timestamp", rec.get("ts"))
-    given = ts not in (None, "")
+    given = ts is not None and ts != ""
+    seconds = _seconds(ts) if given else float(order)
+    if seconds is None:
+        shown = repr(ts) if len(repr(ts)) <= 60 else repr(ts)[:60] + "..."
+        raise FmrlError(f"{path}:{lineno}: timestamp {shown} is not a number")
+    if math.isnan(seconds):
+        raise FmrlError(f"{path}:{lineno}: timestamp nan is not a number")
+    if math.isinf(seconds):
+        raise FmrlError(f"{path}:{lineno}: timestamp {seconds} is not a finite number")
+    return id_text(rec["user"]), id_text(rec["item"]), seconds, order, given
+
+
+def _seconds(value) -> float | None:
+    """float(value); an integer beyond a float's range is infinite; None for what is not a number (bools too)."""
+    if isinstance(value, bool):
+        return None
     try:
-        ts = float(ts) if given else float(order)
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
     except (TypeError, ValueError):
-        raise FmrlError(f"{path}:{lineno}: timestamp {ts!r} is not a number") from None
-    return str(rec["user"]), str(rec["item"]), ts, order, given
+        return None
 
 
 def _k_core(rows: list[Row], k: int) -> tuple[list[Row], dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "fmrl_sdk"
-GROUND = "fmrl_sdk"                      # modules at the package root (errors, fileio, jsonio, __init__)
+GROUND = "fmrl_sdk"                      # modules at the package root (errors, fileio, ids, jsonio, __init__)
 LOADER = PACKAGE / "runtime" / "program.py"
 IMPORT_CALLS = ("import_module", "__import__", "find_spec")
 # what only the loader may use: the private pybindings, the official runtime's loader, pool sizing
@@ -156,4 +156,4 @@ def test_no_private_recommender_access_outside_the_runtime():
 
 def test_ground_floor_holds_no_orchestration():
     """Root modules are shared helpers; CLI orchestration (quickstart) lives in the cli package."""
-    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "errors.py", "fileio.py", "jsonio.py"]
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "errors.py", "fileio.py", "ids.py", "jsonio.py"]

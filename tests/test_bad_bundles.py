@@ -1,6 +1,7 @@
 """Crafted bundles are refused with one exact FmrlError line, before anything is used: manifest values
 (schema before use), listed files (no symbolic links, nothing outside the folder), cold_start.json values,
-unparseable JSON in any bundle file; and the manifest an export writes names the run, not a path.
+items.json ids (the id rule, with the same line from the C runtime), unparseable JSON in any bundle file; and
+the manifest an export writes names the run, not a path.
 
 Bundles are crafted *validly* (hashes recomputed), so each test reaches the check it is about. Uses the run
 and size-16 bundle of conftest's `art`.
@@ -16,7 +17,9 @@ import pytest
 
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender, load_bundle
-from tests.helpers import DEEP, copy_bundle, rewrite_manifest
+from tests.helpers import DEEP, copy_bundle, rewrite_manifest, run_app
+
+GOLDEN_BUNDLE = Path(__file__).resolve().parent / "golden" / "tiny"
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -197,6 +200,105 @@ def test_cold_start_duplicates_are_refused(art, tmp_path):
     write_cold(bundle, indices=(1, first))
     with pytest.raises(FmrlError, match="duplicate indices"):
         load_bundle(bundle)
+
+
+# ----------------------------------------------------------------------------------------------
+# items.json: ids under fmrl_sdk/ids.py's rule, distinct, refused alike by both runtimes
+
+
+BIG = str(2 ** 70)   # an integer beyond 64 bits: Python's json reads it as an int, nlohmann as a float
+# name: (JSON text of entries 5, 6 and 7 of the golden bundle's items.json (None: unchanged), what both
+# runtimes say; None: both open it, entry 7's id then being OPENED[name])
+ITEM_CASES = {
+    "empty": ((None, None, '""'), "item 7: id must not be empty"),
+    "NUL": ((None, None, '"i\\u0000x"'), "item 7: id must not contain NUL characters"),
+    "5,000 bytes": ((None, None, '"' + "a" * 5000 + '"'),
+                    "item 7: id is longer than 1,024 bytes (the most an id may hold)"),
+    "1,025 bytes of UTF-8": ((None, None, '"' + "\u00e9" * 512 + 'a"'), "item 7: id is longer than 1,024 bytes"),
+    "1,024 bytes of UTF-8": ((None, None, '"' + "\u00e9" * 512 + '"'), None),
+    "a float": ((None, None, "1.5"), "item 7: id must be a string or an integer, got float"),
+    "an exponent": ((None, None, "1E5"), "item 7: id must be a string or an integer, got float"),
+    "true": ((None, None, "true"), "item 7: id must be a string or an integer, got bool"),
+    "null": ((None, None, "null"), "item 7: id must be a string or an integer, got NoneType"),
+    "a list": ((None, None, '["i5"]'), "item 7: id must be a string or an integer, got list"),
+    "an object": ((None, None, '{"id": "i5"}'), "item 7: id must be a string or an integer, got dict"),
+    "an integer": ((None, None, "-7"), None),
+    "an integer beyond 64 bits": (('"a,b]"', '"c\\"[{"', "-" + BIG), None),   # after strings holding , ] " [ {
+    "a duplicate": ((None, None, '"i1"'), "item 7: duplicate id (item 2 has it too)"),
+    "an integer and its digits": ((None, '"77"', "77"), "item 7: duplicate id (item 6 has it too)"),
+    "a big integer and its digits": ((None, BIG, f'"{BIG}"'), "item 7: duplicate id (item 6 has it too)"),
+    "an empty list": ("[]", "expected a non-empty JSON list of item ids"),
+}
+OPENED = {"1,024 bytes of UTF-8": "\u00e9" * 512, "an integer": "-7", "an integer beyond 64 bits": "-" + BIG}
+
+ITEMS_APP = r"""
+lib.fmrl_item_id.restype = ctypes.c_char_p
+res = {}
+for name, path in args["paths"].items():
+    status, rec = open_(path)
+    res[name] = [status, err(), lib.fmrl_item_id(rec, 7).decode() if status == 0 else None]
+    if status == 0:
+        lib.fmrl_close(rec)
+out["r"] = res
+"""
+
+
+def items_bundle(tmp_path: Path, name: str, entries) -> Path:
+    """A copy of the golden bundle whose items.json (indented, as export writes it) has `entries` as its
+    entries 5-7 (or is `entries`, a whole JSON text), re-hashed."""
+    bundle = copy_bundle(GOLDEN_BUNDLE, tmp_path / name)
+    if isinstance(entries, str):
+        (bundle / "items.json").write_text(entries)
+    else:
+        texts = [json.dumps(i) for i in json.loads((bundle / "items.json").read_text())]
+        texts[4:7] = [new or old for new, old in zip(entries, texts[4:7])]
+        (bundle / "items.json").write_text("[\n  " + ",\n  ".join(texts) + "\n]")
+    rewrite_manifest(bundle)
+    return bundle
+
+
+def both_runtimes(cpp_build, paths: dict) -> dict:
+    """{name: (Python's message or entry 7's id, C's status, C's message or entry 7's id)}"""
+    c = run_app(cpp_build, ITEMS_APP, paths={name: str(path) for name, path in paths.items()})["r"]
+    got = {}
+    for name, path in paths.items():
+        try:
+            python = load_bundle(path).item_ids[6]
+        except FmrlError as e:
+            python = str(e)
+            assert "\n" not in python
+        got[name] = (python, c[name][0], c[name][1] or c[name][2])
+    return got
+
+
+def test_item_ids_are_refused_alike_by_both_runtimes(tmp_path, cpp_build):
+    """The id rule every reader applies, on items.json: both runtimes refuse the same entries with the same
+    line naming items.json and the entry, and read the same ids (an integer as its digits, beyond 64 bits too)."""
+    paths = {name: items_bundle(tmp_path, f"b{i}", entries)
+             for i, (name, (entries, _)) in enumerate(ITEM_CASES.items())}
+    for name, (python, status, c) in both_runtimes(cpp_build, paths).items():
+        said = ITEM_CASES[name][1]
+        if said is None:
+            assert (python, status, c) == (OPENED[name], 0, OPENED[name]), name
+        else:
+            assert python.startswith(f"{paths[name] / 'items.json'}: {said}"), (name, python)
+            assert (status, c) == (2, python), name
+
+
+def test_item_ids_json_cannot_hold_is_refused_by_both_runtimes(tmp_path, cpp_build):
+    """What the C runtime's JSON reader cannot hold, both refuse, in their own words: a lone surrogate escape
+    (Python: the id rule; C: invalid JSON) and an integer beyond a double (Python: over 1,024 bytes)."""
+    paths = {"surrogate": items_bundle(tmp_path, "s", (None, None, '"i\\ud800"')),
+             "huge": items_bundle(tmp_path, "h", (None, None, "1" + "0" * 1100))}
+    got = both_runtimes(cpp_build, paths)
+    items = {name: f"{path / 'items.json'}: " for name, path in paths.items()}
+    assert got["surrogate"][0] == items["surrogate"] + ("item 7: id holds an unpaired surrogate (\\ud800-\\udfff): "
+                                                        "not Unicode text")
+    assert got["huge"][0] == items["huge"] + "item 7: id is longer than 1,024 bytes (the most an id may hold)"
+    status, c = got["surrogate"][1:]
+    assert status == 2 and "surrogate" in c
+    assert c.startswith(items["surrogate"][:-2] + ":8: invalid JSON in items.json (")
+    assert got["huge"][1:] == (2, items["huge"] + "invalid JSON in items.json (a number beyond the range of a double)")
 
 
 # ----------------------------------------------------------------------------------------------

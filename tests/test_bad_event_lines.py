@@ -54,18 +54,19 @@ def test_bad_line_descriptions_are_bounded():
     assert len(e.value.what) < MAX_WHAT_CHARS + 40
 
 
-def test_a_10mb_unknown_id_stays_out_of_the_report_and_the_strict_error(tmp_path, rec, art):
+def test_a_10mb_id_stays_out_of_the_report_and_the_strict_error(tmp_path, rec, art):
+    """Over fmrl_sdk.ids.MAX_ID_BYTES an id is `wrong_type` (it was an unknown item, named in full)."""
     from fmrl_sdk.simulate.commands import simulate
 
     stream = tmp_path / "events.jsonl"
     stream.write_text(json.dumps({"user": "u", "item": "x" * 10_000_000}) + "\n"
                       + json.dumps({"user": "u", "item": rec.item_ids[0]}) + "\n")
     report = simulate(stream, rec=rec, k=5)
-    assert report["bad_lines"] == {"unknown_item": 1} and report["events"] == 1
+    assert report["bad_lines"] == {"wrong_type": 1} and report["events"] == 1
     assert len(json.dumps(report["bad_line_samples"])) < 1000
     r = subprocess.run([sys.executable, "-m", "fmrl_sdk.cli", "simulate", "--stream", str(stream), "--bundle",
                         str(art.bundle), "--strict", "--quiet"], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # ExecuTorch logs too
     assert r.returncode == 2 and len(errors) == 1 and len(errors[0]) < 1000 and len(r.stderr) < 5000
-    assert errors[0].startswith(f"error: {stream}:1: unknown item 'xxx")
+    assert errors[0] == f"error: {stream}:1: 'item' is longer than 1,024 bytes (the most an id may hold)"

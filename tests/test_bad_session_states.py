@@ -151,3 +151,43 @@ def test_signed_state_misuse_is_refused(rec, blob, case, match):
                  "str key": (signed, "0123456789abcdefgh")}[case]
     with pytest.raises(FmrlError, match=match):
         rec.restore(data, key=key)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fingerprint covers the manifest (issue 29: moving item_table.offset left old sessions valid)
+
+
+def test_a_moved_item_table_refuses_states_of_the_bundle_before(art, rec, tmp_path, cpp_build):
+    """item_table.offset moved by one row inside model.pte (a valid bundle whose recommendations differ):
+    a state saved with the original bundle is refused by both runtimes; format 2's fingerprint (file
+    hashes only) accepted it."""
+    import json
+
+    from fmrl_sdk.runtime.recommender import Recommender
+    from tests.helpers import copy_bundle, rewrite_manifest, run_app
+
+    moved = copy_bundle(art.bundle, tmp_path / "moved")
+    table = json.loads((moved / "manifest.json").read_text())["item_table"]
+    shift = table["cols"] * (4 if table["dtype"] == "float32" else 1)   # one row back: still inside the file
+    rewrite_manifest(moved, item_table={**table, "offset": table["offset"] - shift})
+    session = rec.new_session()
+    session.observe_index(5)
+    blob = session.to_bytes()
+    other = Recommender.open(moved)
+    try:
+        assert other.fingerprint != rec.fingerprint
+        with pytest.raises(FmrlError, match="another bundle"):
+            other.restore(blob)
+    finally:
+        other.close()
+    got = run_app(cpp_build, """
+status, rec = open_(args["bundle"])
+out["open"] = status
+session = P()
+restore = lib.fmrl_session_restore
+restore.restype, restore.argtypes = ctypes.c_int, [P, C, SZ, C, SZ, ctypes.POINTER(P)]
+blob = bytes.fromhex(args["blob"])
+out["restore"] = [restore(rec, blob, len(blob), None, 0, ctypes.byref(session)), err()]
+""", bundle=str(moved), blob=blob.hex())
+    assert got["open"] == 0
+    assert got["restore"][0] != 0 and "another bundle" in got["restore"][1]

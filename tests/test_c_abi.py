@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import fmrl_sdk
+from fmrl_sdk.ids import MAX_ID_BYTES
+from fmrl_sdk.jsonio import MAX_JSONL_LINE_BYTES
 from fmrl_sdk.runtime.cpp import cpp_dir
 from tests.helpers import rewrite_manifest, copy_bundle, run_app
 
@@ -145,6 +147,23 @@ int main(void) {
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split(" ", 5) == [fmrl_sdk.__version__, str(number), "1", "0", "1",
                                         "FMRL_ERR_STATE: the session state was refused\n"]
+
+
+@pytest.mark.parametrize("macro,value", [("FMRL_MAX_ID_BYTES", MAX_ID_BYTES),
+                                         ("FMRL_MAX_JSONL_LINE_BYTES", MAX_JSONL_LINE_BYTES)])
+def test_c_limits_are_python_s(cpp_build, tmp_path, macro, value):
+    """Each limit both runtimes apply is spelled once in C (fmrl_runtime.h) and once in Python (fmrl_sdk.ids,
+    fmrl_sdk.jsonio): the two spellings are equal."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        pytest.skip("needs a C compiler")
+    source, exe = tmp_path / "limit.c", tmp_path / "limit"
+    source.write_text('#include <stdio.h>\n#include "fmrl_runtime.h"\n'
+                      f'int main(void) {{ printf("%ld\\n", (long){macro}); return 0; }}\n')
+    built = subprocess.run([cc, "-std=c99", "-Wall", "-Werror", str(source), f"-I{cpp_dir() / 'include'}",
+                            f"-I{cpp_build / 'include'}", "-o", str(exe)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout == f"{value}\n"
 
 
 def test_status_strings(cpp_build):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from fmrl_sdk.features import load_features  # noqa: E402
 from fmrl_sdk.features import sources  # noqa: E402
 from fmrl_sdk.features.pipeline import featurize  # noqa: E402
 from fmrl_sdk.data.text import DEFAULT_TEMPLATE, item_texts  # noqa: E402
-from tests.helpers import quiet, save_tiny_bert, save_tiny_clip  # noqa: E402
+from tests.helpers import quiet, run_cli, save_tiny_bert, save_tiny_clip  # noqa: E402
 
 GENRES = ["action", "comedy", "drama", "horror", "romance", "western", "musical", "war", "crime", "family",
           "sport", "mystery"]
@@ -95,20 +94,8 @@ def tiny_default_encoder(tmp_path_factory):
 
 
 def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `fmrl-sdk ARGS` in this process through the real entry point: (exit code, stdout with whitespace
-    runs collapsed, stderr)."""
-    from fmrl_sdk import cli as cli_module
-
-    old = sys.argv
-    sys.argv = ["fmrl-sdk", *args]
-    code = 0
-    try:
-        cli_module.main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
+    """`fmrl-sdk ARGS` in this process: (exit code, stdout with whitespace runs collapsed, stderr)."""
+    code, out, err = run_cli(args, capsys)
     return code, " ".join(out.split()), err  # rich wraps lines at the console width
 
 
@@ -133,11 +120,12 @@ def test_read_jsonl_and_csv_catalogues(tmp_path):
                                      "first_missing": "3", "first_unknown": "2"}
 
 
+UTF16 = r"not UTF-8 text \(a UTF-16 LE byte order mark: save the file as UTF-8\)"
 BAD_CATALOGUES = [
     ("items.jsonl", '{"item": "m1", "title": "a"}\n{"item": "m1", "title": "b"}\n',
      r"items.jsonl:2: item 'm1' appears twice \(first on line 1\)"),
     ("items.jsonl", '{"name": "m1"}\n', r"items.jsonl:1: no item id field"),
-    ("items.jsonl", '{"item": "m1"}\n{"title": "x"}\n', r"items.jsonl:2: missing or invalid 'item'"),
+    ("items.jsonl", '{"item": "m1"}\n{"title": "x"}\n', r"items.jsonl:2: 'item' is missing$"),
     ("items.jsonl", '{"item": "m1"}\n{"item": "m2",\n', r"items.jsonl:2: invalid JSON"),
     ("items.jsonl", '{"item": "m1"}\n["m2"]\n', r"items.jsonl:2: expected a JSON object"),
     ("items.jsonl", '{"item": "m1"}\n' + "[" * 100000 + "\n", r"items.jsonl:2: invalid JSON \(nested too deeply\)"),
@@ -146,6 +134,36 @@ BAD_CATALOGUES = [
     ("items.csv", "item,title\nm1,a\nm1,b\n", r"items.csv:3: item 'm1' appears twice"),
     ("items.csv", "item,title,title\nm1,a,b\n", r"items.csv:1: header has duplicate column 'title'"),
     ("items.txt", "item\nm1\n", r"items.txt: unknown catalogue format"),
+    # encodings: the line of the first byte that is not UTF-8; a UTF-16/32 file is named as such
+    ("items.csv", b"item,title\ni1,a\n\ni2,b\xff\n", r"items.csv:4: not UTF-8 text$"),
+    ("items.csv", "item,title\ni1,café\n".encode("latin-1"), r"items.csv:2: not UTF-8 text$"),
+    ("items.jsonl", b'{"item": "i1"}\n{"item": "caf\xe9"}\n', r"items.jsonl:2: not UTF-8 text$"),
+    ("items.csv", "\ufeffitem,title\ni1,a\n".encode("utf-16-le"), r"items.csv:1: " + UTF16 + "$"),
+    ("items.tsv", "\ufeffitem\ttitle\ni1\ta\n".encode("utf-16-le"), r"items.tsv:1: " + UTF16 + "$"),  # Excel
+    ("items.jsonl", '\ufeff{"item": "i1"}\n'.encode("utf-16-le"), r"items.jsonl:1: " + UTF16 + "$"),
+    ("items.csv", "\ufeffitem,title\ni1,a\n".encode("utf-32-le"),
+     r"items.csv:1: not UTF-8 text \(a UTF-32 LE byte order mark: save the file as UTF-8\)$"),
+    ("items.csv", "item,title\ni1,a\n".encode("utf-16-be"),
+     r"items.csv:1: header holds NUL characters \(UTF-16 or UTF-32 text without a byte order mark\? save the file as "
+     r"UTF-8\)$"),
+    # ids: the rule of fmrl_sdk.ids (whitespace around an id removed first)
+    ("items.csv", b"item,title\ni\x001,a\n", r"items.csv:2: 'item' must not contain NUL characters$"),
+    ("items.tsv", b"item\ttitle\ni\x001\ta\n", r"items.tsv:2: 'item' must not contain NUL characters$"),
+    ("items.jsonl", '{"item": "i\\u00001"}\n', r"items.jsonl:1: 'item' must not contain NUL characters$"),
+    ("items.csv", "id,title\n" + "x" * 1025 + ",a\n", r"items.csv:2: 'id' is longer than 1,024 bytes"),
+    ("items.jsonl", '{"item": ' + "9" * 1025 + "}\n", r"items.jsonl:1: 'item' is longer than 1,024 bytes"),
+    ("items.csv", "item,title\n   ,a\n", r"items.csv:2: 'item' must not be empty$"),
+    ("items.jsonl", '{"item": 1.5}\n', r"items.jsonl:1: 'item' must be a string or an integer, got float$"),
+    ("items.jsonl", '{"item": true}\n', r"items.jsonl:1: 'item' must be a string or an integer, got bool$"),
+    ("items.jsonl", '{"item": ["a"]}\n', r"items.jsonl:1: 'item' must be a string or an integer, got list$"),
+    ("items.jsonl", '{"item": null}\n', r"items.jsonl:1: 'item' is missing$"),
+    ("items.jsonl", '{"item": "a", "image": "x\\u0000.jpg"}\n', r"items.jsonl:1: 'image' must be a file path$"),
+    # CSV structure: a quote never closed would swallow every row after it
+    ("items.csv", 'item,title\ni1,"Heat\ni2,Up\ni3,Down\n',
+     r"items.csv:2: malformed CSV \(a quoted field is never closed\)$"),
+    ("items.csv", 'item,title\ni1,"Heat"s\n', r"items.csv:2: malformed CSV \(',' expected after '\"'\)$"),
+    ("items.csv", "item,title\n", r"items.csv: no items$"),
+    ("items.csv", "\ufeff", r"items.csv: empty file \(expected a header row\)$"),
 ]
 
 
@@ -153,7 +171,7 @@ BAD_CATALOGUES = [
 def test_bad_catalogue_is_one_line_exit_2_nothing_written(tmp_path, capsys, name, text, message):
     data, _ = write_public_shaped(tmp_path / "d", users=12, items=36)
     bad = tmp_path / name
-    bad.write_text(text)
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
     out = tmp_path / "feats"
     for command in (["featurize", "--data", str(data), "--items", str(bad), "--out", str(out)],
                     ["data", "inspect", "--data", str(data), "--items", str(bad), "--min-count", "1"]):
@@ -162,6 +180,59 @@ def test_bad_catalogue_is_one_line_exit_2_nothing_written(tmp_path, capsys, name
         assert code == 2 and len(lines) == 1, err
         assert lines[0].startswith("error: ") and re.search(message, lines[0]), lines[0]
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["d", name])
+
+
+def test_catalogue_line_endings_byte_order_mark_and_id_forms_accepted(tmp_path):
+    for ending in ("\n", "\r\n", "\r"):
+        path = tmp_path / "items.csv"
+        path.write_bytes(("\ufeffitem,title" + ending + " i1 ,\"two" + ending + "lines\"" + ending + "7,x" + ending)
+                         .encode())
+        cat = read_catalogue(path)
+        assert cat.rows == {"i1": {"title": f"two{ending}lines"}, "7": {"title": "x"}}, ending
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"item": 7}\r\n{"item": " m1 "}\r\n{"item": "' + "é".encode() * 512 + b'"}\n')
+    assert list(read_catalogue(path).rows) == ["7", "m1", "é" * 512]  # 1,024 bytes: the most an id holds
+
+
+def test_catalogue_csv_field_limit_is_the_jsonl_line_limit(tmp_path, monkeypatch):
+    import csv
+
+    from fmrl_sdk.data import textfiles
+    from fmrl_sdk.jsonio import MAX_JSONL_LINE_BYTES
+
+    assert textfiles.MAX_CSV_FIELD_CHARS == MAX_JSONL_LINE_BYTES
+    default = csv.field_size_limit()
+    for suffix, sep in ((".csv", ","), (".tsv", "\t")):
+        path = tmp_path / f"items{suffix}"
+        path.write_text(f"item{sep}description\ni1{sep}{'x' * 200_000}\n")  # over csv's 131,072 default
+        assert len(read_catalogue(path).rows["i1"]["description"]) == 200_000
+        monkeypatch.setattr(textfiles, "MAX_CSV_FIELD_CHARS", 1000)
+        path.write_text(f"item{sep}description\ni1{sep}{'x' * 1000}\ni2{sep}\"{'y' * 999}\n{'z' * 5}\"\n")
+        with pytest.raises(FmrlError, match=rf"items{suffix}:3: a field longer than 1,000 characters \(the most a "
+                                            r"CSV field may hold\)$"):
+            read_catalogue(path)
+        monkeypatch.undo()
+        assert csv.field_size_limit() == default  # the process-wide limit is the catalogue's only while it reads
+
+
+def test_catalogue_folder_unreadable_and_overlong_name_are_one_line(tmp_path, monkeypatch):
+    from fmrl_sdk.data import catalogue, textfiles
+
+    (tmp_path / "items.csv").mkdir()
+    with pytest.raises(FmrlError, match=r"items.csv: items catalogue is a folder, not a file$"):
+        read_catalogue(tmp_path / "items.csv")
+    with pytest.raises(FmrlError, match=r"\.jsonl: cannot read the items catalogue \(File name too long\)$"):
+        read_catalogue(tmp_path / ("a" * 5000 + ".jsonl"))
+
+    def refuse(file, *args, **kwargs):  # as open() does for a file without read permission (tests run as root)
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(catalogue, "open", refuse, raising=False)
+    monkeypatch.setattr(textfiles, "open", refuse, raising=False)   # the whole-file UTF-8 check reads first
+    for name in ("locked.csv", "locked.jsonl"):
+        (tmp_path / name).write_text("item\ni1\n")
+        with pytest.raises(FmrlError, match=rf"{name}: cannot read the items catalogue \(Permission denied\)$"):
+            read_catalogue(tmp_path / name)
 
 
 # ----------------------------------------------------------------------------------------------

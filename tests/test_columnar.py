@@ -255,7 +255,10 @@ def test_files_pyarrow_does_not_parse_are_read_row_by_row(tmp_path):
     dup = tmp_path / "duplicate_header.csv"
     dup.write_text("user,item,item,timestamp\n"
                    + "".join(f'{r["user"]},zz,{r["item"]},{r["timestamp"]}\n' for r in base))
-    for path in (odd, under, dup):
+    long_note = tmp_path / "long_note.csv"   # a record longer than pyarrow's block, a field over the csv default
+    long_note.write_text("user,item,timestamp,note\n" + "".join(
+        f'{r["user"]},{r["item"]},{r["timestamp"]},{"x" * (2 << 20) if j == 5 else "ok"}\n' for j, r in enumerate(base)))
+    for path in (odd, under, dup, long_note):
         with pytest.MonkeyPatch.context() as mp:
             seen = []
             mp.setattr(columnar, "_from_rows", lambda p, rows, f=columnar._from_rows: seen.append(p) or f(p, rows))
@@ -301,12 +304,83 @@ def test_csv_errors_match_the_row_reader(tmp_path):
     assert error(columnar.read_log, tmp_path / "empty_user.csv").endswith("empty_user.csv:3: missing 'user'")
 
 
+def ids_up_to_the_limit_rows() -> list[dict]:
+    """Ids of 200 to 1,024 bytes (some multi-byte), among short ones: the id screen lets them through."""
+    rows = [{"user": f"u{j % 20}", "item": f"i{j % 15}", "timestamp": j} for j in range(600)]
+    for j in range(0, 600, 7):
+        rows[j]["item"] = "\u00e9" * (100 + j % 413) if j % 2 else "x" * (200 + j % 825)
+    for j in (3, 23, 43):
+        rows[j]["user"] = "\u00e9" * 512   # exactly 1,024 bytes
+    return rows
+
+
+def test_ids_up_to_the_limit(tmp_path):
+    rows = ids_up_to_the_limit_rows()
+    check(write_csv(tmp_path / "long.csv", rows), write_jsonl(tmp_path / "long.jsonl", rows),
+          write_parquet(tmp_path / "long.parquet", rows), min_count=1)
+
+
+def row_by_row(path: Path) -> str:
+    """read_log's error with pyarrow's parsers refusing every file (the row-by-row path only)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pj
+
+    def refuse(*args, **kwargs):
+        raise pa.ArrowInvalid("refused by the test")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pcsv, "read_csv", refuse)
+        mp.setattr(pj, "read_json", refuse)
+        return error(columnar.read_log, path)
+
+
+RULE_CASES = {   # each breaks one rule on its last row (or two, on different rows: the earlier is reported)
+    "nul_item.csv": b"u1,i\x001,3\n",
+    "nul_user.jsonl": b'{"user": "u\\u0000", "item": "i1", "timestamp": 3}\n',
+    "inf.csv": b"u1,i1,inf\n", "minus_inf.csv": b"u1,i1,-inf\n", "e400.csv": b"u1,i1,1e400\n",
+    "nan.csv": b"u1,i1,nan\n", "nan.jsonl": b'{"user": "u1", "item": "i1", "timestamp": NaN}\n',
+    "infinity.jsonl": b'{"user": "u1", "item": "i1", "timestamp": Infinity}\n',
+    "minus_infinity.jsonl": b'{"user": "u1", "item": "i1", "timestamp": -Infinity}\n',
+    "e400.jsonl": b'{"user": "u1", "item": "i1", "timestamp": 1e400}\n',
+    "inf_text.jsonl": b'{"user": "u1", "item": "i1", "ts": "inf"}\n',
+    "huge_int_time.jsonl": b'{"user": "u1", "item": "i1", "timestamp": -1' + b"0" * 400 + b"}\n",
+    "bool_time.jsonl": b'{"user": "u1", "item": "i1", "timestamp": false}\n',
+    "long_item.csv": b"u1," + b"y" * 140_000 + b",3\n",
+    "wide_item.csv": "u1,{},3\n".format("\u00e9" * 513).encode(),
+    "long_user.jsonl": b'{"user": "' + b"u" * 1025 + b'", "item": "i1", "timestamp": 3}\n',
+    "huge_int_item.jsonl": b'{"user": "u1", "item": 9' + b"9" * 1024 + b', "timestamp": 3}\n',
+    "float_user.jsonl": b'{"user": 1.0, "item": "i1", "timestamp": 3}\n',
+    "surrogate.jsonl": b'{"user": "u1", "item": "\\udc00i", "timestamp": 3}\n',
+    "latin1_item.csv": b"u1,caf\xe9,3\n", "latin1_item.jsonl": b'{"user": "u1", "item": "caf\xe9", "timestamp": 3}\n',
+    "latin1_other.jsonl": b'{"user": "u1", "item": "i1", "timestamp": 3, "note": "caf\xe9"}\n',
+    "untimed.csv": b"u1,i1,\n", "untimed.jsonl": b'{"user": "u1", "item": "i1"}\n',
+    "two_errors.csv": b"u1,i\x00,inf\nu\x00,i1,nan\n",
+    "two_errors.jsonl": b'{"user": "u1", "item": "i1", "timestamp": Infinity}\n{"user": "u1", "item": "i\\u0000"}\n',
+}
+
+
+def test_broken_rules_give_the_row_readers_message(tmp_path):
+    """Every rule of the columnar module docstring, broken in CSV and JSONL: the reference reader's message,
+    on pyarrow's path and row by row alike."""
+    rows = [{"user": f"u{j % 5}", "item": f"i{j % 4}", "timestamp": j} for j in range(40)]
+    for name, last in RULE_CASES.items():
+        path = tmp_path / name
+        if name.endswith(".csv"):
+            good = write_csv(tmp_path / "good.csv", rows).read_bytes()
+        else:
+            good = write_jsonl(tmp_path / "good.jsonl", rows).read_bytes()
+        path.write_bytes(good + last)
+        expected = error(reference_reader.read_interactions, path)
+        assert expected.startswith(f"{path}:4") and error(columnar.read_log, path) == expected, name
+        assert row_by_row(path) == expected, name
+
+
 def test_csv_and_jsonl_that_are_not_utf8(tmp_path):
     for name in ("latin1.csv", "latin1.jsonl"):
         path = tmp_path / name
         row = b'{"user": "u\xe9", "item": "i", "ts": 1}\n' if name.endswith("jsonl") else b"u\xe9,i,1\n"
         path.write_bytes((b"" if name.endswith("jsonl") else b"user,item,ts\n") + row * 3)
-        assert "not UTF-8 text" in error(columnar.read_log, path)
+        assert error(columnar.read_log, path) == f"{path}:{1 if name.endswith('jsonl') else 2}: not UTF-8 text"
 
 
 def test_some_rows_without_timestamp_is_an_error(tmp_path):
@@ -358,7 +432,7 @@ def test_parquet_wrong_types_missing_columns_and_corrupt_files(tmp_path):
     path = write_parquet(tmp_path / "str_time.parquet", [{"user": "u", "item": "a", "timestamp": "1"}])
     assert "column 'timestamp' has type string; expected numbers" in error(columnar.read_log, path)
     path = write_parquet(tmp_path / "no_user.parquet", good, fields=("item", "timestamp"))
-    assert error(columnar.read_log, path) == f"{path}: no 'user' column (columns: item, timestamp)"
+    assert error(columnar.read_log, path) == f"{path}: no 'user' column (columns: 'item', 'timestamp')"
     path = write_parquet(tmp_path / "null_item.parquet", good * 3 + [{"user": "u", "item": None, "timestamp": 2}])
     assert error(columnar.read_log, path) == f"{path}: row 4: missing 'item'"
     corrupt = tmp_path / "corrupt.parquet"

@@ -1,7 +1,9 @@
 """Issue 29: two writers of one output. A replay holds an exclusive lock on its --state-dir and beside its
 --out from start to end (fmrl_replay takes the same --out lock): the second one gets one line
 "error: DIR: in use by another simulate (pid N)", exit 2, and writes nothing. Two trainings creating one
-run directory: exactly one creates it, the other gets one line naming it.
+run directory: exactly one creates it, the other gets one line naming it. export holds `.NAME.lock` beside
+its bundle (both forms) and featurize beside its --out: a second one is refused the same way, and the first
+completes unharmed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -142,3 +145,68 @@ def test_an_existing_run_dir_is_a_one_line_error(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(FmrlError, match="already exists"):
         _create_run_dir(tmp_path / "run", SimpleNamespace(recipe=None, dataset=None), None, None, {})
+
+
+def test_an_export_to_a_bundle_in_use_is_refused_and_writes_nothing(art, tmp_path):
+    out = tmp_path / "b"
+    lock = tmp_path / ".b.lock"
+    held = exclusive_lock(lock, out, "export")   # another export, as far as this one can tell
+    try:
+        for named, bundle_format in ((out, "both"), (tmp_path / "b.fmrlb", "file")):   # one lock for both forms
+            p = run_cli("export", "--profile", "phone-lowmem", "--run", art.run_dir, "--size", "16", "--out", named,
+                        "--format", bundle_format)
+            assert p.wait(timeout=120) == 2
+            assert error_lines(p.stderr.read()) == [f"error: {out}: in use by another export (pid {os.getpid()})"]
+    finally:
+        release_lock(lock, held)
+    assert list(tmp_path.iterdir()) == []
+    from fmrl_sdk.deploy.export import export_bundle
+
+    with pytest.raises(FmrlError, match="not a trained granularity"):   # fails under the lock: folders removed
+        export_bundle(art.run_dir, tmp_path / "new" / "deeper" / "b", size=99)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_exports_to_one_bundle_the_second_is_refused_the_first_completes(art, tmp_path):
+    from fmrl_sdk.deploy.export import export_bundle
+    from fmrl_sdk.runtime import Recommender
+
+    out, lock = tmp_path / "b", tmp_path / ".b.lock"
+    args = ["export", "--profile", "phone-lowmem", "--run", art.run_dir, "--size", "16", "--out", out]
+    first = run_cli(*args)
+    while first.poll() is None and not lock.exists():
+        time.sleep(0.05)
+    assert lock.exists(), "the first export never locked its bundle"
+    with pytest.raises(FmrlError) as e:   # the Python API takes the same lock
+        export_bundle(art.run_dir, out, size=16)
+    assert str(e.value) == f"{out}: in use by another export (pid {first.pid})"
+    second = run_cli(*args)
+    assert second.wait(timeout=120) == 2
+    assert error_lines(second.stderr.read()) == [f"error: {out}: in use by another export (pid {first.pid})"]
+    assert first.poll() is None, "the first export ended before the second was refused: the test proves nothing"
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.fmrlb"]   # no lock, no partial left
+    with Recommender.open(out) as rec, Recommender.open(tmp_path / "b.fmrlb") as one_file:
+        assert len(rec.new_session().recommend(k=5)) == 5
+        assert one_file.new_session().recommend(k=5) == rec.new_session().recommend(k=5)
+
+
+def test_a_featurize_on_an_out_in_use_is_refused(tmp_path):
+    import numpy as np
+
+    from fmrl_sdk.data.dataset import load_dataset
+
+    matrix = tmp_path / "m.npy"
+    np.save(matrix, np.zeros((load_dataset("demo").num_items, 4), dtype=np.float32))
+    out, lock = tmp_path / "f", tmp_path / ".f.lock"
+    held = exclusive_lock(lock, out, "featurize")
+    try:
+        p = run_cli("featurize", "--data", "demo", "--from-npy", matrix, "--out", out)
+        assert p.wait(timeout=120) == 2
+        assert error_lines(p.stderr.read()) == [f"error: {out}: in use by another featurize (pid {os.getpid()})"]
+        assert sorted(q.name for q in tmp_path.iterdir()) == [".f.lock", "m.npy"]
+    finally:
+        release_lock(lock, held)
+    p = run_cli("featurize", "--data", "demo", "--from-npy", matrix, "--out", out)
+    assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["f", "m.npy"]   # the lock removed at the end

@@ -1,13 +1,15 @@
 """The C/C++ runtime (fmrl_sdk/runtime/cpp) against the Python one, on the shared exported test bundle:
 fmrl_replay vs `simulate` (events, bad lines, online metrics, every recommendation), session bytes both
-ways, the same refusals for tampered bundles and states, and the C ABI through ctypes (in a subprocess
-without torch, as an app would load it). Built once per session in a temporary folder; skipped, with the
-reason, only when cmake or a C++ compiler is missing.
+ways, the same refusals for tampered bundles and states, the C ABI through ctypes (in a subprocess
+without torch, as an app would load it), and the C++ header (fmrl_runtime.hpp) through a program compiled
+against it. Built once per session in a temporary folder; skipped, with the reason, only when cmake or a C++
+compiler is missing.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.runtime import Recommender
+from fmrl_sdk.runtime.cpp import cpp_dir
 from fmrl_sdk.simulate.commands import simulate
 from tests.helpers import rewrite_manifest, copy_bundle, foreign_bundle, KEY, replay, error_line, make_stream
 
@@ -276,3 +279,57 @@ def test_c_abi_through_ctypes_matches_python(art, rec, dataset, cpp_build, tmp_p
             np.testing.assert_allclose([s for _, s in c_top], [s for _, s in want], rtol=0, atol=1e-5)
         assert got[f"{n}/restored"] == got[str(n)][0]
     fresh.close()
+
+
+HPP_CALLER = r"""
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "fmrl_runtime.hpp"
+
+template <typename Call>
+void report(const char* name, Call call) {
+  try {
+    call();
+    std::printf("%s\tnone\n", name);
+  } catch (const fmrl::RuntimeError& e) {
+    std::printf("%s\t%d\t%s\n", name, static_cast<int>(e.status), e.what());
+  }
+}
+
+int main(int, char** argv) {
+  const std::string bundle = argv[1], item = argv[2], nul("\0x", 2);
+  report("path", [&] { fmrl::Recommender cut(bundle + nul); });
+  fmrl::Recommender rec(bundle);
+  const size_t s = static_cast<size_t>(rec.granularity());
+  report("add_items", [&] { rec.add_items({"fine", "i" + nul}, std::vector<float>(2 * s, 0.5f), s); });
+  report("add_items-short", [&] { rec.add_items({"fine", "too"}, std::vector<float>(s, 0.5f), s); });
+  fmrl::Session session = rec.new_session();
+  report("observe", [&] { session.observe(item + nul); });
+  report("observe-known", [&] { session.observe(item); });
+  std::printf("added\t%lld\n", static_cast<long long>(fmrl_item_count(rec.get()) - fmrl_num_items(rec.get())));
+  return 0;
+}
+"""
+
+
+def test_cpp_header_refuses_strings_holding_nul(art, rec, cpp_build, tmp_path):
+    """fmrl_runtime.hpp takes std::string, which may hold NUL; the C ABI would read it cut there ("i\0001" as
+    "i", a path as its prefix). The header refuses it with RuntimeError(FMRL_ERR_ARGUMENT), nothing added; and
+    add_items' vectors must hold ids x dims floats (the library would read past a shorter vector)."""
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    source, exe = tmp_path / "caller.cpp", tmp_path / "caller"
+    source.write_text(HPP_CALLER)
+    built = subprocess.run([cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", str(source), f"-I{cpp_dir() / 'include'}",
+                            f"-I{cpp_build / 'include'}", f"-L{cpp_build}", "-lfmrl_runtime",
+                            f"-Wl,-rpath,{cpp_build}", "-o", str(exe)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(exe), str(art.bundle), rec.item_ids[0]], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    got = {line.split("\t")[0]: line.split("\t")[1:] for line in ran.stdout.splitlines()}
+    assert got["path"] == ["1", "fmrl::Recommender: bundle_path must not contain NUL characters"]
+    assert got["add_items"] == ["1", "add_items: ids[1] must not contain NUL characters"]
+    assert got["observe"] == ["1", "observe: item id must not contain NUL characters"]
+    assert got["add_items-short"] == ["1", f"add_items: expected 2 x {rec.granularity} floats, got {rec.granularity}"]
+    assert got["observe-known"] == ["none"] and got["added"] == ["0"]

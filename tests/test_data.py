@@ -202,5 +202,5 @@ def test_report_line_and_recipe_stride(tmp_path):
     assert line.startswith("data: 2,000 users, 7,374 items, 18,074 interactions;")
     assert f"max_len 5 trains {used}% of {lengths.sum():,} targets" in line and "k-core" not in line
     assert "trains 100% of" in report_line(load_dataset("demo"), 5, stride=5)
-    with pytest.raises(FmrlError, match=r"0 <= stride <= max_len"):
+    with pytest.raises(FmrlError, match=r"stride = 5 should be an integer from 0 to max_len \(4\)"):
         Recipe.from_dict({"data": {"max_len": 4, "stride": 5}})

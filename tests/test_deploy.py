@@ -195,7 +195,7 @@ def test_profile_errors_unknown_name_and_bad_toml(tmp_path):
         resolve_profile("toaster")
     bad = tmp_path / "broken.toml"
     bad.write_text("name = \n")
-    with pytest.raises(FmrlError, match="broken.toml: invalid TOML"):
+    with pytest.raises(FmrlError, match="broken.toml:1: invalid TOML"):
         resolve_profile(str(bad))
     with pytest.raises(FmrlError, match="not found"):
         resolve_profile(str(tmp_path / "absent.toml"))

@@ -1,8 +1,10 @@
 """Issue 29: differential fuzzing of the two runtimes. Hypothesis writes random streams (valid events over
 the shared test bundle's items, unknown items, bad JSON, duplicate keys, wrong types, NUL bytes and NUL
-ids, BOMs, blank lines, ts going backwards, huge numbers); `simulate` (Python) and `fmrl_replay` (C) must
-give the same report, timing keys aside and bad-line samples compared by (line, kind) as the parity test
-in test_cpp_runtime.py does. Derandomized with a fixed number of examples, so CI sees the same cases.
+ids, user and item ids around the id limit (1,023 to 1,028 UTF-8 bytes, multi-byte characters straddling
+it, escaped or raw; 1,024- and 1,025-digit integers), BOMs, blank lines, ts going backwards, huge numbers);
+`simulate` (Python) and `fmrl_replay` (C) must give the same report, timing keys aside and bad-line samples
+compared by (line, kind) as the parity test in test_cpp_runtime.py does. Derandomized with a fixed number of
+examples, so CI sees the same cases.
 
 Also: random byte mutations of a saved session are refused by Python's restore with FmrlError (never
 another exception), and restored states round-trip byte for byte.
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from fmrl_sdk.errors import FmrlError
 from fmrl_sdk.simulate.commands import simulate
 from fmrl_sdk.simulate.replay import TIMING_KEYS
+from tests.test_runtime_inputs import limit_ids
 
 STREAM_EXAMPLES = 60   # about 0.3 s each (a simulate and an fmrl_replay run)
 STATE_EXAMPLES = 300
@@ -30,16 +33,20 @@ ITEMS = 25             # events name the bundle's first ITEMS items (so that use
 IGNORED = set(TIMING_KEYS) | {"runtime", "stream", "bundle", "bad_line_samples"}
 
 
+LONG_IDS = limit_ids() + [10 ** 1023, 10 ** 1024]   # 1,024 and 1,025 digits
+
+
 def _line(item_ids):
-    users = st.one_of(st.sampled_from(["u0", "u1", "u2", "7"]), st.integers(0, 8), st.just(10 ** 30))
+    users = st.one_of(st.sampled_from(["u0", "u1", "u2", "7"]), st.integers(0, 8), st.just(10 ** 30),
+                      st.sampled_from(LONG_IDS))
     items = st.one_of(st.sampled_from(item_ids), st.sampled_from(item_ids).map(int_or_same),
-                      st.just("no-such-item"))
+                      st.just("no-such-item"), st.sampled_from(LONG_IDS))
     ts = st.one_of(st.none(), st.integers(-3, 40), st.floats(-3, 40, allow_nan=False), st.just(10 ** 25),
                    st.just(1.5e300))
     event = st.builds(lambda u, i, t, e: {"user": u, "item": i, **({} if t is None else {"ts": t}),
                                           **({} if e is None else {"event": e})},
                       users, items, ts, st.one_of(st.none(), st.just("view")))
-    valid = event.map(lambda e: json.dumps(e).encode())
+    valid = st.builds(lambda e, ascii: json.dumps(e, ensure_ascii=ascii).encode(), event, st.booleans())
     raw = st.sampled_from([
         b"", b"   ", b"\t", b"{not json", b"[1, 2]", b'"text"', b"null", b'{"user": "u1"}', b'{"item": "x"}',
         b'{"user": "u1", "item": 3.5}', b'{"user": true, "item": "x"}', b'{"user": "u1", "item": ["a"]}',
@@ -79,7 +86,7 @@ def close(a, b, where="report"):
         assert a == b, (where, a, b)
 
 
-RAN = {"streams": 0, "states": 0}
+RAN = {"streams": 0, "states": 0, "too_long": 0}
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +114,12 @@ def test_simulate_and_fmrl_replay_agree_on_random_streams(art, rec, cpp_build, t
         close({key: v for key, v in py.items() if key not in IGNORED and key != "limit"},
               {key: v for key, v in cr.items() if key not in IGNORED})
         RAN["streams"] += 1
+        RAN["too_long"] += sum("bytes (the most an id may hold)" in s["what"] for s in py["bad_line_samples"])
 
     check()
-    print(f"\nfuzz: {RAN['streams']} random streams replayed by both runtimes")
-    assert RAN["streams"] >= STREAM_EXAMPLES // 2
+    print(f"\nfuzz: {RAN['streams']} random streams replayed by both runtimes, {RAN['too_long']} lines with "
+          "an id over the limit")
+    assert RAN["streams"] >= STREAM_EXAMPLES // 2 and RAN["too_long"] > 0
 
 
 def test_mutated_session_bytes_are_refused_with_fmrl_error(rec, item_ids):

@@ -140,6 +140,13 @@ public class FmrlJniDriver {
       expect(out, "ragged", () -> rec.addItems(new String[] {"x", "y"}, new float[][] {new float[16], new float[3]}));
       expect(out, "short-vectors", () -> rec.addItems(new String[] {"x"}, new float[][] {new float[2]}));
       expect(out, "export-time-id", () -> rec.addItems(new String[] {item}, new float[][] {new float[rec.granularity()]}));
+      float[][] two = new float[2][rec.granularity()];
+      expect(out, "nul-path", () -> Recommender.open(bundle + "\0x"));
+      expect(out, "nul-add", () -> rec.addItems(new String[] {"fine", "i\0" + "1"}, two));
+      expect(out, "long-add", () -> rec.addItems(new String[] {"fine", "a".repeat(1025)}, two));
+      expect(out, "long-observe", () -> rec.newSession().observe("\u20ac".repeat(342)));
+      expect(out, "empty-observe", () -> rec.newSession().observe(""));
+      out.println("added\t" + (rec.itemCount() - rec.numItems()) + "\t-\t-");
       Session live = rec.newSession();
       live.observe(item);
       Session closed = rec.newSession();
@@ -435,6 +442,17 @@ def test_errors_are_exceptions_with_the_library_message(art, rec, dataset, jni_b
         cases["unknown-vector"][2]
     assert cases["unknown-observe"][0] == "none"  # skipped (on_unknown = skip), returns false
     assert cases["nul-id"][:2] == ("IllegalArgumentException", "-") and "NUL" in cases["nul-id"][2]
+    assert cases["nul-path"] == ("IllegalArgumentException", "-", "path contains a NUL character")
+    assert cases["nul-add"] == ("IllegalArgumentException", "-", "ids[1] contains a NUL character")
+    fresh = Recommender.open(art.bundle)
+    two = np.zeros((2, rec.granularity))
+    assert cases["long-add"] == ("FmrlException", "1/ARGUMENT",
+                                 python_message(lambda: fresh.add_items(["fine", "a" * 1025], two)))
+    assert cases["long-observe"] == ("FmrlException", "1/ARGUMENT",
+                                     python_message(lambda: fresh.new_session().observe("\u20ac" * 342)))
+    assert cases["empty-observe"] == ("FmrlException", "1/ARGUMENT",
+                                      python_message(lambda: fresh.new_session().observe("")))
+    assert cases["added"][0] == "0" and fresh.item_ids == rec.item_ids
     assert cases["ragged"][:2] == ("IllegalArgumentException", "-")
     assert cases["null-path"][:2] == ("NullPointerException", "-")
     for name in ("session-closed-observe", "session-closed-recommend", "session-closed-bytes"):

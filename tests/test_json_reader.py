@@ -72,6 +72,12 @@ def test_jsonl_errors_name_the_line(tmp_path, monkeypatch):
     assert list(read_jsonl_objects(path)) == [(1, {"item": "a"}), (2, {"item": "b"})]
     monkeypatch.setattr(jsonio, "MAX_JSONL_LINE_BYTES", 10)
     assert error(list, read_jsonl_objects(path)) == f"{path}:1: line longer than 10 bytes (the most a JSONL line may hold)"
+    # a line of exactly the limit ending in CRLF is one line: the numbers of the lines after it stay right
+    path.write_bytes(b'{"a": 12}\r\n{"a": 123}\r\n[]\r\n')
+    monkeypatch.setattr(jsonio, "MAX_JSONL_LINE_BYTES", 9)
+    assert error(list, read_jsonl_objects(path)) == f"{path}:2: line longer than 9 bytes (the most a JSONL line may hold)"
+    monkeypatch.setattr(jsonio, "MAX_JSONL_LINE_BYTES", 10)
+    assert error(list, read_jsonl_objects(path)) == f"{path}:3: expected a JSON object, got list"
 
 
 def test_no_module_parses_json_files_itself():

@@ -1,10 +1,12 @@
 """Issue 29: values are checked where they enter, alike in both runtimes.
 
 fmrl_replay refuses an output that is an input (or another output) before any work, with simulate's words,
-and an output whose folder is missing before replaying; ids holding NUL are bad lines (`wrong_type`) in
-both replays and refused by add_items / observe; a valid JSON line followed by a NUL byte is `invalid_json`
-in both; --k is read as Python reads an int. The Python runtime refuses bad ids, huge vectors and bad
-arguments with FmrlError (still a ValueError where it was one), the C runtime's fmrl_add_items the same.
+and an output whose folder is missing before replaying; one id rule (fmrl_sdk/ids.py) in both runtimes: ids
+holding NUL or longer than MAX_ID_BYTES UTF-8 bytes are bad lines (`wrong_type`) in both replays and refused
+by add_items / observe (fmrl_add_items / fmrl_observe) with the same words; a valid JSON line followed by a
+NUL byte is `invalid_json` in both; --k is read as Python reads an int. The Python runtime refuses bad ids,
+huge vectors, bad arguments and bad options with FmrlError (still a ValueError where it was one), the C
+runtime's fmrl_add_items the same.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from fmrl_sdk.errors import FmrlError
+from fmrl_sdk.ids import MAX_ID_BYTES
 from fmrl_sdk.runtime import Recommender
 from fmrl_sdk.simulate.commands import simulate
 from tests.helpers import alias_of, error_line, replay, run_app
@@ -100,7 +103,7 @@ def test_replay_accepts_k_spelled_as_python_ints(cpp_build, art, stream, tmp_pat
     assert json.loads((tmp_path / "r.json").read_text())["k"] == 5
 
 
-# ---- 3. NUL: one rule for both runtimes --------------------------------------------------------------
+# ---- 3. NUL and the id limit: one rule for both runtimes -------------------------------------------------
 
 def nul_lines(rec) -> list[bytes]:
     item = rec.item_ids[0]
@@ -124,6 +127,27 @@ def test_nul_lines_are_the_same_bad_lines_in_both_replays(cpp_build, art, rec, t
     assert [s["what"] for s in c["bad_line_samples"][:2]] == [s["what"] for s in py["bad_line_samples"][:2]]
 
 
+def test_unpaired_surrogate_escapes_are_the_same_bad_lines_in_both_replays(cpp_build, art, rec, tmp_path):
+    """A lone "\\ud800" (in an id, another value or a key) is no character: invalid JSON in both replays;
+    a pair ("\\ud83d\\ude00") is one character and an unknown item in both (simulate took lone ones as
+    text before)."""
+    item = rec.item_ids[0]
+    lines = [b'{"user": "u\\ud800", "item": "%s"}' % item.encode(),
+             b'{"user": "u1", "item": "%s", "event": "\\udc00"}' % item.encode(),
+             b'{"user": "u1", "item": "%s", "x": [{"\\udbff": 1}]}' % item.encode(),
+             b'{"user": "u1", "item": "i\\ud83d\\ude00"}',
+             b'{"user": "u1", "item": "i\\\\ud800"}']                              # an escaped backslash: text
+    stream = tmp_path / "surrogates.jsonl"
+    stream.write_bytes(events(rec, 2) + b"\n".join(lines) + b"\n" + events(rec, 2))
+    py = simulate(stream, rec=rec)
+    replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path / "c.json")
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert py["bad_lines"] == {"invalid_json": 3, "unknown_item": 2}
+    assert c["bad_lines"] == py["bad_lines"] and c["events"] == py["events"] == 4
+    assert [(s["line"], s["kind"]) for s in c["bad_line_samples"]] == \
+        [(s["line"], s["kind"]) for s in py["bad_line_samples"]]
+
+
 def test_python_json_reads_a_trailing_nul_as_extra_data():
     with pytest.raises(json.JSONDecodeError, match="Extra data"):
         json.loads('{"user": "u"}\x00')
@@ -136,6 +160,95 @@ def test_python_runtime_refuses_nul_ids(rec, art):
     with pytest.raises(FmrlError, match="NUL"):
         fresh.new_session().observe(rec.item_ids[0] + "\x00x")
     assert fresh.item_ids == rec.item_ids
+
+
+def limit_ids() -> list[str]:
+    """Ids around the limit: 1,023, 1,024 and 1,025 bytes of ASCII, and 2-, 3- and 4-byte characters that end
+    on the limit or straddle it (the limit counts UTF-8 bytes, not characters)."""
+    ids = ["a" * (MAX_ID_BYTES + d) for d in (-1, 0, 1)]
+    for char in ("\u00e9", "\u20ac", "\U0001d11e"):
+        width = len(char.encode())
+        for pad in range(width):
+            count = (MAX_ID_BYTES - pad) // width
+            ids += ["a" * pad + char * count, "a" * pad + char * (count + 1)]
+    return ids
+
+
+def too_long(item_id) -> bool:
+    return len(str(item_id).encode()) > MAX_ID_BYTES
+
+
+def test_id_limit_is_the_same_in_both_replays(cpp_build, art, rec, tmp_path):
+    """Up to MAX_ID_BYTES bytes an id is an id (an unknown item, a user's event); one byte more is a
+    `wrong_type` bad line in both replays, with the same words; integers count their digits."""
+    ids = limit_ids() + [10 ** (MAX_ID_BYTES - 1), 10 ** MAX_ID_BYTES]
+    assert 0 < sum(map(too_long, ids)) < len(ids)
+    lines = [json.dumps({"user": "u1", "item": i}, ensure_ascii=False).encode() for i in ids]
+    lines += [json.dumps({"user": u, "item": rec.item_ids[0]}).encode() for u in ids]   # escapes: \u20ac
+    stream = tmp_path / "long.jsonl"
+    stream.write_bytes(b"\n".join(lines) + b"\n")
+    py = simulate(stream, rec=rec)
+    replay(cpp_build, "--bundle", art.bundle, "--stream", stream, "--report", tmp_path / "c.json")
+    c = json.loads((tmp_path / "c.json").read_text())
+    refused = sum(map(too_long, ids))
+    assert py["bad_lines"] == {"unknown_item": len(ids) - refused, "wrong_type": 2 * refused}
+    assert py["events"] == len(ids) - refused
+    assert c["bad_lines"] == py["bad_lines"] and c["events"] == py["events"]
+    wrong = [[(s["line"], s["what"]) for s in r["bad_line_samples"] if s["kind"] == "wrong_type"] for r in (py, c)]
+    assert wrong[1] == wrong[0]
+    assert {what for _, what in wrong[0]} == {f"'{name}' is longer than 1,024 bytes (the most an id may hold)"
+                                              for name in ("user", "item")}
+
+
+def python_answers(fresh, ids) -> dict:
+    """add_items([id]) and then observe(id), one id at a time: "ok" or the FmrlError's message."""
+    def answer(call):
+        try:
+            call()
+            return "ok"
+        except FmrlError as e:
+            return str(e)
+    session = fresh.new_session()
+    return {str(n): [answer(lambda: fresh.add_items([i], np.ones((1, fresh.granularity)))),
+                     answer(lambda: session.observe(i))] for n, i in enumerate(ids)}
+
+
+def test_add_items_and_observe_apply_the_id_limit_in_both_runtimes(cpp_build, art):
+    """Python's add_items / observe and C's fmrl_add_items / fmrl_observe accept the same ids and refuse the
+    others (FMRL_ERR_ARGUMENT) with the same message; nothing is added by a refused call."""
+    ids = limit_ids() + [10 ** MAX_ID_BYTES, ""]
+    python = python_answers(Recommender.open(art.bundle), ids)
+    c = run_app(cpp_build, r"""
+lib.fmrl_add_items.restype = ctypes.c_int
+lib.fmrl_add_items.argtypes = [P, ctypes.POINTER(C), SZ, ctypes.POINTER(ctypes.c_float), SZ, ctypes.POINTER(SZ)]
+status, rec = open_(args["bundle"])
+s = lib.fmrl_granularity(rec)
+session = P()
+lib.fmrl_session_new(rec, ctypes.byref(session))
+def answer(code):
+    return "ok" if code == 0 else [code, err()]
+for n, item in enumerate(args["ids"]):
+    before = lib.fmrl_item_count(rec)
+    code = lib.fmrl_add_items(rec, (C * 1)(item.encode()), 1, (ctypes.c_float * s)(*[1.0] * s), s, None)
+    out[str(n)] = [answer(code), answer(lib.fmrl_observe(rec, session, item.encode(), None)),
+                   lib.fmrl_item_count(rec) - before]
+""", bundle=str(art.bundle), ids=[str(i) for i in ids])
+    for n, item in enumerate(ids):
+        add, observe, added = c[str(n)]
+        assert added == (python[str(n)][0] == "ok"), (n, c[str(n)])
+        for c_answer, py_answer in zip((add, observe), python[str(n)]):
+            assert c_answer == (py_answer if py_answer == "ok" else [1, py_answer]), (n, c_answer, py_answer)
+    assert python[str(len(ids) - 2)] == ["add_items: ids[0] is longer than 1,024 bytes (the most an id may hold)",
+                                         "observe: item id is longer than 1,024 bytes (the most an id may hold)"]
+    assert python[str(len(ids) - 1)] == ["add_items: ids[0] must not be empty", "observe: item id must not be empty"]
+
+
+@pytest.mark.parametrize("bad", [None, b"abc", True, 1.5, "", ["x"], "a" * (MAX_ID_BYTES + 1)])
+def test_observe_refuses_what_is_not_an_id(rec, bad):
+    session = rec.new_session()
+    with pytest.raises(FmrlError, match="observe: item id"):
+        session.observe(bad)
+    assert session.unknown == session.observed == 0
 
 
 # ---- 4. add_items and Session arguments ------------------------------------------------------------
@@ -151,8 +264,10 @@ def test_add_items_refuses_ids_that_are_not_str_or_int(art, bad):
 
 def test_add_items_keys_ints_as_digits(art):
     fresh = Recommender.open(art.bundle)
-    assert fresh.add_items([np.int64(12345678), 7], np.ones((2, fresh.granularity))) == 2
-    assert fresh.item_ids[-2:] == ["12345678", "7"]
+    assert fresh.add_items([np.int64(12345678), 7, np.str_("s")], np.ones((3, fresh.granularity))) == 3
+    assert fresh.item_ids[-3:] == ["12345678", "7", "s"]
+    session = fresh.new_session()
+    assert session.observe(np.str_("s")) and session.observe(np.int64(7)) and session.added == 2
 
 
 @pytest.mark.parametrize("value", [1e30, -1e5, 1e39, float("nan")])
@@ -188,9 +303,27 @@ def test_session_arguments_are_fmrl_errors_naming_them(rec, call, word):
     assert session.observed == 0
 
 
-def test_k_out_of_range_is_still_a_value_error(rec):
+@pytest.mark.parametrize("options,words", [
+    ({"on_unknown": "maybe"}, "on_unknown"), ({"bloom_bits": 12}, "bloom bits"), ({"bloom_bits": "2048"}, "bloom_bits"),
+    ({"bloom_hashes": 0}, "bloom hashes"), ({"bloom_hashes": 2.0}, "bloom_hashes"),
+    ({"exclude_seen": "yes"}, "exclude_seen"), ({"threads": "2"}, "threads")])
+def test_bad_options_are_fmrl_errors_naming_them(art, options, words):
+    with pytest.raises(FmrlError, match=words):
+        Recommender.open(art.bundle, **options)
+
+
+@pytest.mark.parametrize("k", [0, 10 ** 6, 2.5, True])
+def test_top_refuses_k_with_an_fmrl_error(rec, k):
+    with pytest.raises(FmrlError, match="top: k"):
+        rec.new_session().top(k)
+
+
+def test_k_out_of_range_and_bad_options_are_still_value_errors(rec, art):
+    for call in (lambda s: s.recommend(k=0), lambda s: s.top(0)):
+        with pytest.raises(ValueError):
+            call(rec.new_session())
     with pytest.raises(ValueError):
-        rec.new_session().recommend(k=0)
+        Recommender.open(art.bundle, bloom_hashes=0)
     assert rec.new_session().recommend(k=np.int64(3))  # numpy integers are integers
 
 

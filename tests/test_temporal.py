@@ -299,3 +299,13 @@ def test_leave_one_out_headline_is_the_last_event(art, rec, dataset, tmp_path):
     assert r["phases"] == {"all_events_in_sample": r["online"]}
     with pytest.raises(FmrlError, match="needs a time cut"):
         simulate(stream, rec=_fresh(art), window="1d")
+
+
+@pytest.mark.parametrize("value", [2**70, 2**10000, True, float("inf"), float("nan")])
+def test_cuts_that_are_not_usable_numbers_are_one_line(value):
+    """A recipe's test_from = 2**70 was a TypeError traceback (np.isfinite of a Python int); True a cut."""
+    from fmrl_sdk.data.split import parse_cut
+
+    with pytest.raises(FmrlError) as e:
+        parse_cut(value, "test_from")
+    assert str(e.value).startswith("test_from = ") and "\n" not in str(e.value) and len(str(e.value)) < 200

@@ -180,13 +180,13 @@ def test_user_ranks_per_user_in_user_order(tiny_run):
     ({"model": {"sizes": [8, 4]}}, "strictly increasing"),
     ({"train": {"lr": "fast"}}, r"lr = 'fast' should be a finite number"),
     ({"model": {"item_embedding": "ids"}}, "item_embedding must be one of"),
-    ({"train": {"size_weights": [1, 2]}}, "size_weights needs 8"),
+    ({"train": {"size_weights": [1, 2]}}, r"size_weights = \[1, 2\] needs 8"),
     ({"model": {"whiten_features": 1}}, r"whiten_features = 1 should be true or false"),
     ({"model": {"item_embedding": "content", "id_dims": 8}}, r"id_dims = 8 needs item_embedding = 'hybrid'"),
     ({"model": {"item_embedding": "hybrid", "sizes": [8, 16], "id_dims": 32}}, r"1 <= id_dims <= the largest"),
     ({"train": {"epochs": True}}, r"epochs = True should be an integer"),
     ({"train": {"select_on": "best"}}, r"select_on must be 'mean' or 'largest'"),
-    ({"train": {"length_buckets": -1}}, r"counts >= 0"),
+    ({"train": {"length_buckets": -1}}, r"\[train\] length_buckets = -1 should be an integer from 0 to 2,147,483,647$"),
     ({"train": {"lr": float("inf")}}, r"lr = inf should be a finite number"),       # trained to NaN before
     ({"train": {"weight_decay": float("nan")}}, r"weight_decay = nan should be a finite number"),
     ({"model": {"sizes": ["8", "16"]}}, r"sizes = \['8', '16'\] should be a list of integers"),
@@ -196,6 +196,64 @@ def test_user_ranks_per_user_in_user_order(tiny_run):
 def test_recipe_validation(raw, match):
     with pytest.raises(FmrlError, match=match):
         Recipe.from_dict(raw, source="r.toml")
+
+
+COUNT = "2,147,483,647"
+# (table, key, value, what the message says after "r.toml: [table] key = value should be ")
+RANGES = [
+    ("model", "lru_dropout", -1, "a finite number in [0, 1)"),          # said "dropouts in [0, 1)"
+    ("model", "dropout", 1, "a finite number in [0, 1)"),
+    ("model", "r_max", 1.5, "a finite number in (0, 1]"),
+    ("train", "epochs", 0, f"an integer from 1 to {COUNT}"),          # said "[train] positive sizes"
+    ("train", "batch_size", 0, f"an integer from 1 to {COUNT}"),
+    ("train", "eval_batch_size", 0, f"an integer from 1 to {COUNT}"),
+    ("train", "weight_decay", -1.0, "a finite number >= 0"),           # said "lr > 0, grad_clip > 0"
+    ("train", "lr", 0, "a finite number > 0"),
+    ("train", "grad_clip", -0.5, "a finite number > 0"),
+    ("train", "label_smoothing", 1, "a finite number in [0, 1)"),
+    ("train", "warmup_steps", -1, f"an integer from 0 to {COUNT}"),    # said "counts >= 0"
+    ("train", "threads", -1, "an integer from 0 to 1,024"),
+    ("train", "threads", 1 << 40, "an integer from 0 to 1,024"),
+    ("train", "patience", 0, f"an integer from 1 to {COUNT}"),         # 0 trained no epoch at all
+    ("train", "item_chunk", 0, f"an integer from 1 to {COUNT}"),
+    ("train", "num_negatives", 2**31, f"an integer from 1 to {COUNT}"),
+    ("train", "val_users", -1, f"an integer from 0 to {COUNT}"),
+    ("data", "max_len", 2**63, "an integer from 1 to 100,000"),        # loaded beyond 64 bits
+    ("data", "min_count", 0, f"an integer from 1 to {COUNT}"),
+    ("data", "stride", 51, "an integer from 0 to max_len (50)"),
+    ("model", "num_blocks", 0, "an integer from 1 to 1,024"),
+    ("train", "seed", 2**70, "an integer from 0 to 9,223,372,036,854,775,807"),   # loaded beyond 64 bits
+    ("train", "seed", -1, "an integer from 0 to 9,223,372,036,854,775,807"),      # numpy refused it in train
+]
+
+
+@pytest.mark.parametrize("table, key, value, what", RANGES, ids=[f"{c[1]}={c[2]}" for c in RANGES])
+def test_recipe_ranges_name_the_key_value_and_range(table, key, value, what):
+    shown = repr(float(value)) if what.startswith("a finite number") else repr(value)
+    with pytest.raises(FmrlError) as e:
+        Recipe.from_dict({table: {key: value}}, source="r.toml")
+    assert str(e.value) == f"r.toml: [{table}] {key} = {shown} should be {what}"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"model": {"sizes": [8, 2**63]}}, f": [model] sizes must be strictly increasing integers from 1 to 65,536, "
+                                       f"got [8, {2**63}]"),
+    ({"model": {"r_min": 0.5, "r_max": 0.5}}, ": [model] r_min = 0.5 should be below r_max = 0.5"),
+    ({"train": {"lr": 10**400}}, f" [train]: lr = {10**400} should be a finite number"),     # OverflowError before
+    ({"train": {"size_weights": [1, 10**400]}}, f" [train]: size_weights = [1, {10**400}] should be a list of "
+                                                "finite numbers"),
+])
+def test_recipe_numbers_beyond_their_range_are_one_line(raw, message):
+    with pytest.raises(FmrlError) as e:
+        Recipe.from_dict(raw, source="r.toml")
+    assert str(e.value) == "r.toml" + message
+
+
+def test_recipe_ranges_hold_for_overrides_and_their_bounds_load():
+    recipe = Recipe.from_dict({"data": {"max_len": 100_000}, "model": {"sizes": [1, 65_536]},
+                               "train": {"seed": 2**63 - 1, "threads": 1_024, "patience": 1}}, source="r.toml")
+    with pytest.raises(FmrlError, match=r"^r.toml: \[train\] epochs = 0 should be an integer from 1 to "):
+        recipe.override("train", "epochs", 0)      # what `train --epochs 0` does
 
 
 def test_shipped_recipes_load():

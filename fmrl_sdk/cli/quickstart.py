@@ -18,9 +18,14 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Option("phone-lowmem", help="Device profile to export for."),
         epochs: int = typer.Option(0, help="Override the demo recipe's epochs (0 = recipe)."),
     ):
-        """Train on the demo data, choose sizes per device, export a bundle, replay a stream: a summary at the end."""
+        """Train on the demo data, choose sizes per device, export a bundle, replay a stream: a summary at the end.
+
+        Every output under --workdir is checked writable before training starts."""
         from rich.console import Console
         from rich.table import Table
+
+        from ..deploy.export import BUNDLE_MARKER, bundle_paths
+        from ..fileio import check_outputs
 
         console = Console()
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -28,6 +33,10 @@ def register(app: typer.Typer) -> None:
         bundle = workdir / "bundles" / profile  # the path README, examples/app.py and examples/cpp use
         events = workdir / "quickstart" / f"events-{stamp}.jsonl"
         report = workdir / "quickstart" / f"report-{stamp}.json"
+        check_outputs({}, folders={"--workdir": workdir})   # first: the folder the user named
+        check_outputs({}, files={"the stream": events, "the report": report,
+                                 "the one-file bundle": bundle_paths(bundle)[1]},
+                      folders={"the run": run}, replaced={"the bundle": (bundle, BUNDLE_MARKER)})
         train_args = ["train", "--recipe", "demo", "--out", str(run)] + (["--epochs", str(epochs)] if epochs else [])
         steps = [
             ("train", train_args, run),

@@ -10,12 +10,11 @@ the same item ids, user ids, sequences and report, on files of tens of millions 
 
 dataset.read_interactions puts these together into a Dataset (leave-one-out or a time split).
 
-Semantics (as dataset.read_interaction_rows / read_interactions):
+Semantics (as the row-by-row reader, tests/reference_reader.py):
 - Columns `user`, `item` and `timestamp` (or `ts` when there is no `timestamp`). Ids are strings or
   integers and become their string form: the CSV field as written, str(int) for JSON/Parquet integers.
 - Rows are ordered per user by (timestamp, file order). A file without timestamps (no such column, or every
-  value empty) uses file order. New, stricter rule: when some rows have a timestamp, every row needs one
-  (the old reader silently mixed timestamps with row numbers); a NaN timestamp is an error too.
+  value empty) uses file order.
 - Item ids are sorted as strings; users come in the order of their ids sorted as strings.
 - Parquet: one file, or a directory of .parquet files (hive partitions `dir/k=v/part.parquet` included;
   a `user`/`item`/`timestamp` partition key supplies that column). File order there is the files' relative
@@ -25,8 +24,27 @@ Semantics (as dataset.read_interaction_rows / read_interactions):
   the old reader did; JSONL line numbers are physical lines; Parquet names the file and its row).
 
 CSV and JSONL are parsed by pyarrow; a file pyarrow's parser rejects (rows with a different number of fields,
-mixed-type JSON columns, an id or timestamp that needs Python's parsing, a duplicated header name, ...) is
-read again row by row with the old reader's rules, so that it gives the same result or the same error.
+mixed-type JSON columns, an id or timestamp that needs Python's parsing, a duplicated header name, a record
+longer than CSV_BLOCK_BYTES, ...) is read again row by row, so that it gives the same result or the same error.
+
+The rules, the same on both paths and in every format (the first broken one, in file order, is the error;
+within a row: user, item, timestamp):
+- ids: the rule of fmrl_sdk/ids.py (a string or an integer, counted by its digits; no NUL; at most
+  ids.MAX_ID_BYTES bytes); an empty or absent id is "missing 'user'"; a JSON string with an unpaired
+  surrogate escape ("\\ud800") is not text and is refused.
+- timestamps: finite numbers. "timestamp nan is not a number", "timestamp inf is not a finite number" (also
+  1e400, and a JSON integer too large for a float). When some rows have one, every row needs one (the old
+  reader silently mixed timestamps with row numbers).
+- text and sizes: the rules of textfiles.py (the whole file UTF-8; a CSV field at most MAX_CSV_FIELD_CHARS
+  characters) and jsonio.py (a JSONL line at most MAX_JSONL_LINE_BYTES bytes). pyarrow's path reads only
+  records shorter than its block (CSV_BLOCK_BYTES, far below the limit) and leaves longer ones to the
+  row-by-row path, so a long value in a column nobody reads (a review text) is read, or refused, alike.
+- JSONL duplicate keys: a repeated `user`, `item`, `timestamp` or `ts` key is refused. A repeated key the
+  reader does not read ("x": 1, "x": 2) is refused only when the file is read row by row (jsonio's rule):
+  pyarrow's parser skips such keys, and checking every line in Python would cost pyarrow's path its speed.
+
+pyarrow's path checks the distinct ids (after _encode) and the timestamp array, not each row, then looks for
+the first row holding a bad value: cheap on tens of millions of rows.
 """
 
 from __future__ import annotations
@@ -42,12 +60,14 @@ from urllib.parse import unquote
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import read_jsonl_objects
+from ..ids import MAX_ID_BYTES, id_problem, id_text, text_id_problem
+from ..jsonio import read_jsonl_objects
+from .textfiles import csv_field_limit, csv_problem, require_utf8
 
 ID_COLUMNS = ("user", "item")
 TIME_COLUMNS = ("timestamp", "ts")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-CSV_BLOCK_BYTES = 1 << 20
+CSV_BLOCK_BYTES = 1 << 20                  # pyarrow's CSV block: a longer record is read row by row
 
 
 @dataclass
@@ -114,6 +134,11 @@ def read_log(path: str | Path) -> Log:
         import pyarrow  # noqa: F401
     except ImportError:
         raise FmrlError(f"{path}: reading interactions needs pyarrow (pip install pyarrow)") from None
+    if kind != "parquet":
+        try:
+            require_utf8(path)
+        except OSError as e:
+            raise FmrlError(f"{path}: cannot read ({e.strerror or _one_line(e)})") from None
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[kind]
     user_codes, user_ids, item_codes, item_ids, timestamps = reader(path)
     _release_arrow_memory()
@@ -247,12 +272,22 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _names(names: list[str], shown: int = 8) -> str:
+    """Column names for a one-line message: each quoted (repr: a newline stays on the line), the first `shown`."""
+    return ", ".join([_short_repr(name, 40) for name in names[:shown]] + ["..."] * (len(names) > shown))
+
+
 def _missing(where: str, key: str) -> FmrlError:
     return FmrlError(f"{where}: missing '{key}'")
 
 
-def _nan(where: str) -> FmrlError:
-    return FmrlError(f"{where}: timestamp nan is not a number")
+def _time_problem(value: float) -> str | None:
+    """What is wrong with a timestamp (as a float), or None: NaN, or not finite (inf, -inf)."""
+    if math.isnan(value):
+        return "timestamp nan is not a number"
+    if math.isinf(value):
+        return f"timestamp {value} is not a finite number"
+    return None
 
 
 def _untimed(where: str) -> FmrlError:
@@ -356,14 +391,25 @@ def _first_index(mask) -> int | None:
     return None if found is None or found < 0 else int(found)
 
 
-def _first_missing_id(codes: np.ndarray, ids: list[str]) -> int | None:
-    """Row of the first empty-string id ("" sorts first, so it can only be code 0)."""
-    return _first_index(codes == 0) if ids and ids[0] == "" else None
+def _id_error(codes: np.ndarray, ids: list[str], key: str) -> tuple[int, str] | None:
+    """(row, message) of the first row whose `key` id is empty ("missing") or breaks the id rule
+    (ids.text_id_problem), or None. The rule runs on the distinct ids, and only when a one-pass screen of them
+    finds a NUL or an id long enough (over MAX_ID_BYTES // 4 characters) to be over MAX_ID_BYTES bytes: cheap
+    on any number of rows and ids."""
+    bad = np.zeros(len(ids), dtype=bool)
+    bad[:1] = ids[:1] == [""]   # "" sorts first
+    if max(map(len, ids), default=0) > MAX_ID_BYTES // 4 or "\0" in "".join(ids):
+        bad |= np.fromiter((text_id_problem(text) is not None for text in ids), dtype=bool, count=len(ids))
+    if not bad.any():
+        return None
+    row = _first_index(bad[codes])
+    text = ids[codes[row]]
+    return row, f"missing '{key}'" if text == "" else f"'{key}' {text_id_problem(text)}"
 
 
-def _times(column) -> tuple[np.ndarray | None, int | None, int | None]:
-    """(float64 timestamps or None when all are missing, first row without one, first NaN row) of a float64
-    pyarrow (chunked) array."""
+def _times(column) -> tuple[np.ndarray | None, int | None, tuple[int, str] | None]:
+    """(float64 timestamps or None when all are missing, first row without one, (row, message) of the first
+    timestamp that is not a finite number or None) of a float64 pyarrow (chunked) array."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -377,7 +423,11 @@ def _times(column) -> tuple[np.ndarray | None, int | None, int | None]:
     values = _numpy(column)
     if not values.flags.writeable:   # a view of pyarrow's buffer: the Log gets its own array
         values = values.copy()
-    return values, first_null, _first_index(np.isnan(values))
+    finite = np.isfinite(values)
+    if finite.all():
+        return values, first_null, None
+    row = int(np.argmin(finite))
+    return values, first_null, (row, _time_problem(float(values[row])))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,12 +437,10 @@ def _times(column) -> tuple[np.ndarray | None, int | None, int | None]:
 def _csv_header(path: Path) -> list[str]:
     """The header row as csv.DictReader reads it (first record, BOM removed)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with csv_field_limit(), open(path, newline="", encoding="utf-8-sig") as f:
             return next(csv.reader(f), [])
-    except UnicodeDecodeError:
-        raise FmrlError(f"{path}: not UTF-8 text") from None
     except csv.Error as e:
-        raise FmrlError(f"{path}:1: {_one_line(e)}") from None
+        raise FmrlError(f"{path}:1: {csv_problem(e)}") from None
 
 
 def _read_csv(path: Path):
@@ -419,27 +467,26 @@ def _read_csv(path: Path):
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError):
         # rows with another number of fields, a timestamp only Python parses ("1_000"), bad UTF-8, ...
         return _from_rows(path, _csv_rows(path))
-    errors = []
     user_codes, user_ids = _encode([table.column("user")])
-    errors.append((_first_missing_id(user_codes, user_ids), "user"))
     item_codes, item_ids = _encode([table.column("item")])
-    errors.append((_first_missing_id(item_codes, item_ids), "item"))
+    errors = [_id_error(user_codes, user_ids, "user"), _id_error(item_codes, item_ids, "item")]
     times = first_untimed = None
     if time_name:
-        times, first_untimed, first_nan = _times(table.column(time_name))
-        errors.append((first_nan, "nan"))
+        times, first_untimed, time_error = _times(table.column(time_name))
+        errors.append(time_error)
     del table
     _raise_first(errors, first_untimed, lambda row: f"{path}:{row + 2}")
     return user_codes, user_ids, item_codes, item_ids, times
 
 
-def _raise_first(errors: list[tuple[int | None, str]], first_untimed: int | None, where) -> None:
-    """Raise the error of the earliest row (the row-by-row reader's order: user, item, timestamp within a row),
-    then the rule that every row or none has a timestamp. where(row) -> 'FILE:LINE' for a 0-based row."""
-    found = [(row, rank, what) for rank, (row, what) in enumerate(errors) if row is not None]
+def _raise_first(errors: list[tuple[int, str] | None], first_untimed: int | None, where) -> None:
+    """Raise the error (row, message) of the earliest row (the row-by-row reader's order: errors holds the user's,
+    the item's and the timestamp's, in that order), then the rule that every row or none has a timestamp.
+    where(row) -> 'FILE:LINE' for a 0-based row."""
+    found = [(error[0], rank, error[1]) for rank, error in enumerate(errors) if error is not None]
     if found:
-        row, _, what = min(found)
-        raise _nan(where(row)) if what == "nan" else _missing(where(row), what)
+        row, _, message = min(found)
+        raise FmrlError(f"{where(row)}: {message}")
     if first_untimed is not None:
         raise _untimed(where(first_untimed))
 
@@ -449,28 +496,41 @@ def _raise_first(errors: list[tuple[int | None, str]], first_untimed: int | None
 
 
 def _row(path: Path, lineno: int, rec: dict, typed: bool) -> tuple[str, str, float | None]:
-    """(user, item, timestamp or None) of one record. typed: JSON values (ids must be strings or integers)."""
+    """(user, item, timestamp or None) of one record. typed: JSON values (ids must be strings or integers);
+    else CSV fields (strings)."""
+    where = f"{path}:{lineno}"
     ids = []
     for key in ID_COLUMNS:
         value = rec.get(key)
         if value in (None, ""):
-            raise _missing(f"{path}:{lineno}", key)
-        if typed and not (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))):
-            raise FmrlError(f"{path}:{lineno}: '{key}' must be a string or an integer, got "
-                            f"{type(value).__name__} {_short_repr(value)}")
-        ids.append(str(value))
+            raise _missing(where, key)
+        problem = id_problem(value) if typed else text_id_problem(value)
+        if problem:
+            raise FmrlError(f"{where}: '{key}' {problem}")
+        ids.append(id_text(value))
     ts = rec.get("timestamp", rec.get("ts"))
     if ts in (None, ""):
         return ids[0], ids[1], None
-    try:
-        if isinstance(ts, bool):
-            raise TypeError
-        value = float(ts)
-    except (TypeError, ValueError, OverflowError):
-        raise FmrlError(f"{path}:{lineno}: timestamp {_short_repr(ts)} is not a number") from None
-    if math.isnan(value):
-        raise _nan(f"{path}:{lineno}")
+    value = _number(ts)
+    if value is None:
+        raise FmrlError(f"{where}: timestamp {_short_repr(ts)} is not a number")
+    problem = _time_problem(value)
+    if problem:
+        raise FmrlError(f"{where}: {problem}")
     return ids[0], ids[1], value
+
+
+def _number(value) -> float | None:
+    """A timestamp field as a float (an integer too large for one is inf or -inf), or None for what is not a
+    number (text float() does not take, a bool, a list, ...)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError):
+        return None
 
 
 def _short_repr(value, limit: int = 60) -> str:
@@ -481,26 +541,20 @@ def _short_repr(value, limit: int = 60) -> str:
 def _csv_rows(path: Path):
     lineno = 1
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with csv_field_limit(), open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = set(reader.fieldnames or [])
             if not {"user", "item"} <= fields:
                 raise FmrlError(f"{path}:1: CSV header needs 'user' and 'item' columns (got {sorted(fields)})")
             for lineno, rec in enumerate(reader, 2):
                 yield lineno, _row(path, lineno, rec, typed=False)
-    except UnicodeDecodeError:
-        raise FmrlError(f"{path}: not UTF-8 text (after line {lineno})") from None
     except csv.Error as e:
-        raise FmrlError(f"{path}:{lineno + 1}: {_one_line(e)}") from None
+        raise FmrlError(f"{path}:{lineno + 1}: {csv_problem(e)}") from None
 
 
 def _jsonl_rows(path: Path):
-    lineno = 0
-    try:
-        for lineno, rec in read_jsonl_objects(path):
-            yield lineno, _row(path, lineno, rec, typed=True)
-    except UnicodeDecodeError:
-        raise FmrlError(f"{path}: not UTF-8 text (after line {lineno})") from None
+    for lineno, rec in read_jsonl_objects(path):
+        yield lineno, _row(path, lineno, rec, typed=True)
 
 
 def _from_rows(path: Path, rows):
@@ -554,8 +608,6 @@ def _read_jsonl(path: Path):
     records = read_jsonl_objects(path)
     try:
         first = next(records, None)
-    except UnicodeDecodeError:
-        raise FmrlError(f"{path}: not UTF-8 text") from None
     finally:
         records.close()
     if first is None:
@@ -590,11 +642,11 @@ def _read_jsonl(path: Path):
         except (pa.ArrowInvalid, ValueError):
             return _from_rows(path, _jsonl_rows(path))
     del table
-    times, first_untimed, first_nan = _times(times)
+    times, first_untimed, time_error = _times(times)
     user_codes, user_ids = _encode([user])
     item_codes, item_ids = _encode([item])
-    if first_untimed is not None or first_nan is not None or _first_missing_id(user_codes, user_ids) is not None \
-            or _first_missing_id(item_codes, item_ids) is not None:
+    if first_untimed is not None or time_error or _id_error(user_codes, user_ids, "user") \
+            or _id_error(item_codes, item_ids, "item"):
         return _from_rows(path, _jsonl_rows(path))   # raises with the line number
     return user_codes, user_ids, item_codes, item_ids, times
 
@@ -668,13 +720,15 @@ def _read_parquet(path: Path):
                 schema = opened.schema_arrow
         except (pa.ArrowException, OSError) as e:
             raise FmrlError(f"{file}: not a readable Parquet file ({_one_line(e)})") from None
+        except UnicodeDecodeError:   # a column name that is not UTF-8
+            raise FmrlError(f"{file}: not a readable Parquet file (a column name is not UTF-8 text)") from None
         names = set(schema.names)
         for key in (*ID_COLUMNS, *TIME_COLUMNS):
             if len(schema.get_all_field_indices(key)) > 1:
                 raise FmrlError(f"{file}: column '{key}' appears more than once")
         for key in ID_COLUMNS:
             if key not in names and key not in partition:
-                raise FmrlError(f"{file}: no '{key}' column (columns: {', '.join(schema.names)})")
+                raise FmrlError(f"{file}: no '{key}' column (columns: {_names(schema.names)})")
             if key in names and not _id_type_ok(schema.field(key).type):
                 raise FmrlError(f"{file}: column '{key}' has type {schema.field(key).type}; "
                                 "expected strings or integers")
@@ -717,15 +771,12 @@ def _read_parquet(path: Path):
         part = int(np.searchsorted(offsets, row, side="right")) - 1
         return f"{files[part]}: row {row - offsets[part] + 1}"
 
-    errors = []
     user_codes, user_ids = _encode(users)
     del users
-    errors.append((_first_missing_id(user_codes, user_ids), "user"))
     item_codes, item_ids = _encode(items)
     del items
-    errors.append((_first_missing_id(item_codes, item_ids), "item"))
-    times, first_untimed, first_nan = _times(pa.chunked_array([c for s in stamps for c in s.chunks],
-                                                              type=pa.float64()))
-    errors.append((first_nan, "nan"))
+    times, first_untimed, time_error = _times(pa.chunked_array([c for s in stamps for c in s.chunks],
+                                                               type=pa.float64()))
+    errors = [_id_error(user_codes, user_ids, "user"), _id_error(item_codes, item_ids, "item"), time_error]
     _raise_first(errors, first_untimed, where)
     return user_codes, user_ids, item_codes, item_ids, times

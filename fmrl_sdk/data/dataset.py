@@ -11,13 +11,15 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FmrlError
-from ..jsonio import read_json
+from ..ids import id_problem, id_text
+from ..jsonio import MAX_JSONL_LINE_BYTES, read_json
 from . import columnar
 from .catalogue import Catalogue, read_catalogue
 from .split import SplitSpec, TimeCuts, resolve_cuts
@@ -292,9 +294,9 @@ def read_p5_folder(folder: Path) -> Dataset:
 
 
 def _read_meta(folder: Path) -> dict[str, dict]:
-    """meta.json[.gz]: one item per line, JSON or a Python dict literal (parsed with ast.literal_eval).
-
-    Every field is kept (asin included), so any of them can be used in a text template.
+    """meta.json[.gz]: one item per line, JSON or a Python dict literal (parsed with ast.literal_eval), whose
+    'asin' is an id (fmrl_sdk/ids.py). Every field is kept (asin included), so any of them can be used in a
+    text template. Each problem is one FmrlError line, "FILE:LINE: what" (_meta_lines, _meta_record).
     """
     for name in ("meta.json.gz", "meta.json", "meta.jsonl"):
         path = folder / name
@@ -302,24 +304,52 @@ def _read_meta(folder: Path) -> dict[str, dict]:
             break
     else:
         return {}
-    opener = gzip.open if path.suffix == ".gz" else open
     out: dict[str, dict] = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except (ValueError, RecursionError):  # also nesting too deep for the parser
-                try:
-                    rec = ast.literal_eval(line)
-                except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
-                    raise FmrlError(f"{path}:{lineno}: neither JSON nor a Python dict literal") from None
-            if not isinstance(rec, dict) or "asin" not in rec:
-                raise FmrlError(f"{path}:{lineno}: expected an object with an 'asin' key")
-            out[str(rec["asin"])] = rec
+    for lineno, line in _meta_lines(path):
+        rec = _meta_record(path, lineno, line)
+        out[id_text(rec["asin"])] = rec
     return out
+
+
+def _meta_lines(path: Path):
+    """(line number, text) of each non-blank line of a meta file, gzip-compressed when it ends in .gz. Text
+    that is not UTF-8 (a byte order mark at the start allowed), a line longer than a JSONL line may be, gzip data
+    that is corrupt or cut short, and an unreadable file are FmrlErrors naming the line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            while raw := f.readline(MAX_JSONL_LINE_BYTES + 2):   # + "\r\n"
+                lineno += 1
+                if len(raw.rstrip(b"\r\n")) > MAX_JSONL_LINE_BYTES:
+                    raise FmrlError(f"{path}:{lineno}: line longer than {MAX_JSONL_LINE_BYTES:,} bytes")
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
+                except UnicodeDecodeError:
+                    raise FmrlError(f"{path}:{lineno}: not UTF-8 text") from None
+                if line:
+                    yield lineno, line
+    except (OSError, EOFError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
+        what = " gzip data" if path.suffix == ".gz" else ""
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split()) or type(e).__name__
+        raise FmrlError(f"{path}:{lineno + 1}: cannot read{what} ({reason})") from None
+
+
+def _meta_record(path: Path, lineno: int, line: str) -> dict:
+    """One meta line as a dict with an 'asin' that is an id."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):  # also nesting too deep for the parser
+        try:
+            rec = ast.literal_eval(line)
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+            raise FmrlError(f"{path}:{lineno}: neither JSON nor a Python dict literal") from None
+    if not isinstance(rec, dict) or "asin" not in rec:
+        raise FmrlError(f"{path}:{lineno}: expected an object with an 'asin' key")
+    problem = id_problem(rec["asin"])
+    if problem:
+        raise FmrlError(f"{path}:{lineno}: 'asin' {problem}")
+    return rec
 
 
 def read_interactions(path: Path, min_count: int = 5, split: SplitSpec | None = None) -> Dataset:

@@ -16,6 +16,7 @@ share of events just before test_from; real logs are too uneven in time for an e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -75,7 +76,7 @@ def iso(ts: float) -> str:
 def parse_cut(value, what: str) -> tuple[str, float]:
     """("fraction", f) or ("time", unix seconds) from a recipe/flag value; FmrlError naming `what`."""
     if isinstance(value, bool):
-        raise FmrlError(f"{what} = {value!r}: expected a unix timestamp, an ISO date or a fraction in (0, 1)")
+        raise FmrlError(f"{what} = {value!r:.60}: expected a unix timestamp, an ISO date or a fraction in (0, 1)")
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -86,21 +87,21 @@ def parse_cut(value, what: str) -> tuple[str, float]:
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
-                raise FmrlError(f"{what} = {value!r}: expected a unix timestamp, an ISO date such as "
+                raise FmrlError(f"{what} = {value!r:.60}: expected a unix timestamp, an ISO date such as "
                                 "2003-01-01, or a fraction of events such as 0.8") from None
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
             return "time", parsed.timestamp()
         value = number
-    if not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise FmrlError(f"{what} = {value!r}: expected a unix timestamp, an ISO date or a fraction in (0, 1)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (type(value) is float and not math.isfinite(value)):
+        raise FmrlError(f"{what} = {value!r:.60}: expected a unix timestamp, an ISO date or a fraction in (0, 1)")
     if 0 < value < 1:
         return "fraction", float(value)
     if 1000 <= value <= LATEST:
         return "time", float(value)
     if value > LATEST:
-        raise FmrlError(f"{what} = {value!r}: a unix timestamp after the year 9999")
-    raise FmrlError(f"{what} = {value!r}: a fraction must be in (0, 1) and a unix timestamp >= 1000")
+        raise FmrlError(f"{what} = {value!r:.60}: a unix timestamp after the year 9999")
+    raise FmrlError(f"{what} = {value!r:.60}: a fraction must be in (0, 1) and a unix timestamp >= 1000")
 
 
 def resolve_cuts(spec: SplitSpec, times: np.ndarray, source: str) -> TimeCuts:

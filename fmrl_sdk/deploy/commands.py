@@ -166,44 +166,30 @@ def _register_export(app: typer.Typer) -> None:
                                           help="dir: the bundle directory; file: the one-file OUT.fmrlb beside it "
                                                "(what apps ship); both (default)."),
     ):
-        """Export the size a device profile affords as a verified ExecuTorch bundle (docs/bundle-format.md)."""
+        """Export the size a device profile affords as a verified ExecuTorch bundle (docs/bundle-format.md).
+
+        The outputs are checked before any work: an --out that cannot be written, that is the run or its data
+        (or a folder holding them), or that is a non-empty folder other than an earlier bundle is one error
+        line. One export at a time per --out: a second one gets "in use by another export (pid N)"."""
         from rich.console import Console
 
         from ..train.run import newest_run, read_run
-        from .export import check_size, export_bundle, load_run_and_data
-        from .profiles import require_choice, resolve_profile
+        from .export import bundle_lock, check_bundle_outputs, export_bundle, load_run_and_data
 
         console = Console()
-        prof = resolve_profile(profile)
-        if quantize not in (None, "int8", "fp32"):
-            raise FmrlError(f"--quantize {quantize!r}: expected int8")
-        precision = quantize or None
-        if precision and precision not in prof.precisions:
-            raise FmrlError(f"--quantize {precision}: profile {prof.name} allows only {', '.join(prof.precisions)}")
-        if k_max < 1:
-            raise FmrlError(f"--k-max {k_max}: must be at least 1")
-        if bundle_format not in ("dir", "file", "both"):
-            raise FmrlError(f"--format {bundle_format!r}: expected dir, file or both")
+        prof, precision = _export_options(profile, quantize, k_max, bundle_format)
         run = run or newest_run()
-        describe_run(console, read_run(run), strict)
-        loaded, dataset = load_run_and_data(run)
-        if size is not None:
-            check_size(loaded, size)
-            precision = precision or ("fp32" if "fp32" in prof.precisions else "int8")
-        else:
-            from .candidates import measure
-            from .profiles import choose
-
-            precisions = (precision,) if precision else tuple(prof.precisions)
-            with measuring(console) as progress:
-                candidates = measure(loaded, dataset, precisions, k_max=k_max, progress=progress)
-            chosen = require_choice(choice := choose(prof, candidates))
-            size, precision = chosen.size, chosen.precision
-            console.print(f"profile {prof.name}: size {size} {precision} - {choice.reason}")
+        info = read_run(run)
         out = out or Path("bundles") / prof.name
-        result = export_bundle(loaded.path, out, size=size, profile=prof.name,
-                               quantize=precision if precision == "int8" else None, k_max=k_max,
-                               log=lambda m: console.print(m), run=loaded, dataset=dataset, format=bundle_format)
+        check_bundle_outputs(out, bundle_format, info)
+        describe_run(console, info, strict)
+        with bundle_lock(out):
+            loaded, dataset = load_run_and_data(run)
+            size, precision = _export_size(console, loaded, dataset, prof, size, precision, k_max)
+            result = export_bundle(loaded.path, out, size=size, profile=prof.name,
+                                   quantize=precision if precision == "int8" else None, k_max=k_max,
+                                   log=lambda m: console.print(m), run=loaded, dataset=dataset,
+                                   format=bundle_format, locked=True)
         m = result.manifest
         v = m["verification"]
         console.print(f"[bold]{result.out}[/]: size {m['granularity']} {m['precision']}, {m['sizes']['bundle_bytes']:,} bytes, "
@@ -214,3 +200,38 @@ def _register_export(app: typer.Typer) -> None:
             console.print(f"int8 vs fp32: size {q['size_change']:+.1%}, top-10 overlap {q['top10_overlap_with_fp32']:.3f}, "
                           f"val NDCG@10 {q['val_NDCG@10_fp32']:.4f} -> {q['val_NDCG@10_int8']:.4f} "
                           f"({q['val_NDCG@10_change']:+.4f}, {q['val_users']} users)")
+
+
+def _export_options(profile: str, quantize, k_max: int, bundle_format: str):
+    """(the device profile, the precision asked for or None) of export's options, checked."""
+    from .profiles import resolve_profile
+
+    prof = resolve_profile(profile)
+    if quantize not in (None, "int8", "fp32"):
+        raise FmrlError(f"--quantize {quantize!r}: expected int8")
+    precision = quantize or None
+    if precision and precision not in prof.precisions:
+        raise FmrlError(f"--quantize {precision}: profile {prof.name} allows only {', '.join(prof.precisions)}")
+    if k_max < 1:
+        raise FmrlError(f"--k-max {k_max}: must be at least 1")
+    if bundle_format not in ("dir", "file", "both"):
+        raise FmrlError(f"--format {bundle_format!r}: expected dir, file or both")
+    return prof, precision
+
+
+def _export_size(console, loaded, dataset, prof, size, precision, k_max: int) -> tuple[int, str]:
+    """(size, precision) to export: --size as given, or the profile's choice among the measured candidates."""
+    from .export import check_size
+    from .profiles import choose, require_choice
+
+    if size is not None:
+        check_size(loaded, size)
+        return size, precision or ("fp32" if "fp32" in prof.precisions else "int8")
+    from .candidates import measure
+
+    precisions = (precision,) if precision else tuple(prof.precisions)
+    with measuring(console) as progress:
+        candidates = measure(loaded, dataset, precisions, k_max=k_max, progress=progress)
+    chosen = require_choice(choice := choose(prof, candidates))
+    console.print(f"profile {prof.name}: size {chosen.size} {chosen.precision} - {choice.reason}")
+    return chosen.size, chosen.precision

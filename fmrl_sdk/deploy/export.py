@@ -4,13 +4,15 @@ The orchestration: load the run -> build the program (lowering.py: StepModel -> 
 [int8: pt2e dynamic per-channel quantisation] -> XNNPACK -> .pte, and where the item table's bytes lie in
 it) -> run the .pte with the ExecuTorch runtime on real user sequences and compare with eager
 (verify.py) -> write the bundle atomically: a directory and/or the one-file NAME.fmrlb beside it, from
-the same bytes, with its manifest (`manifest_for`).
+the same bytes, with its manifest (`manifest_for`). Its outputs are checked before any work
+(`check_bundle_outputs`) and locked while it works (`bundle_lock`).
 
 Every name of lowering.py and verify.py that callers use is importable from here too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +26,7 @@ import torch
 
 from .. import __version__
 from ..errors import FmrlError
-from ..fileio import atomic_directory, atomic_write_bytes, sha256_file
+from ..fileio import atomic_directory, atomic_write_bytes, check_outputs, output_lock, sha256_file
 from ..runtime.bundle import FILE_SUFFIX, FORMAT_VERSION, PROGRAM_FILE, pack_bundle_file
 from ..runtime.program import load_program
 from .lowering import (  # noqa: F401  (re-exported: callers import them from here)
@@ -54,6 +56,7 @@ from .verify import (  # noqa: F401  (re-exported: callers import them from here
 
 # FORMAT_VERSION (3) comes from runtime/bundle.py: the runtime reads exactly the version export writes
 BUNDLE_FORMATS = ("dir", "file", "both")   # --format: the directory, NAME.fmrlb beside it, or both
+BUNDLE_MARKER = "manifest.json"   # every bundle directory has one: only such a folder (or an empty one) is replaced
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,17 +93,49 @@ def _metrics_at(run, size: int) -> dict:
     return out
 
 
+def bundle_paths(out) -> tuple[Path, Path]:
+    """(the bundle directory, the one-file bundle beside it) named by `out` (`out` ending in .fmrlb names the
+    file; the directory is then `out` without the suffix)."""
+    out_dir = Path(out)
+    if out_dir.suffix == FILE_SUFFIX:
+        out_dir = out_dir.with_suffix("")
+    return out_dir, out_dir.with_name(out_dir.name + FILE_SUFFIX)
+
+
+def check_bundle_outputs(out, format: str, info) -> None:
+    """Before any work: FmrlError `PATH: ...` when an output that `format` writes cannot be written, is the
+    run (`info`: train.run.RunInfo) or its data, or is a directory holding them, or is a non-empty folder that
+    is not a bundle (fileio.check_outputs: only an earlier bundle is replaced)."""
+    out_dir, out_file = bundle_paths(out)
+    data = None if info.data_path in (None, "demo") else info.data_path
+    inputs = {"the run": info.path, "the run's data": data, "the run's features": info.features,
+              "the run's catalogue": info.items}
+    check_outputs(inputs, files={"--out (one-file bundle)": out_file if format != "dir" else None},
+                  replaced={"--out": (out_dir if format != "file" else None, BUNDLE_MARKER)})
+
+
+@contextlib.contextmanager
+def bundle_lock(out):
+    """Hold the lock of the bundle `out` (`.NAME.lock` beside its directory, for both forms: fileio.output_lock):
+    a second export to it gets FmrlError "OUT: in use by another export (pid N)"."""
+    with output_lock(bundle_paths(out)[0], "export"):
+        yield
+
+
 def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize: str | None = None,
                   k_max: int = 100, overwrite: bool = True, verify_sequences: int = VERIFY_SEQUENCES,
-                  quality_users: int = 500, log=None, run=None, dataset=None, format: str = "both") -> ExportResult:
+                  quality_users: int = 500, log=None, run=None, dataset=None, format: str = "both",
+                  locked: bool = False) -> ExportResult:
     """Export granularity `size` of the run in `run_dir` to the bundle folder `out_dir`.
 
-    The .pte is run on real sequences before anything is written; a mismatch with eager raises
-    FmrlError and leaves `out_dir` untouched. quantize: None/"fp32" or "int8". format: "dir" (the bundle
-    directory `out_dir`), "file" (the one-file bundle `out_dir`.fmrlb beside it) or "both" (default), each
-    written atomically from the same bytes (`out_dir` ending in .fmrlb names the file; the directory is
-    then `out_dir` without the suffix).
+    The outputs are checked before any work (`check_bundle_outputs`) and locked until written (`bundle_lock`;
+    locked=True: the caller holds that lock already). The .pte is run on real sequences before anything is
+    written; a mismatch with eager raises FmrlError and leaves `out_dir` untouched. quantize: None/"fp32" or
+    "int8". format: "dir" (the bundle directory `out_dir`), "file" (the one-file bundle `out_dir`.fmrlb beside
+    it) or "both" (default), each written atomically from the same bytes (`bundle_paths`).
     """
+    from ..train.run import read_run
+
     if format not in BUNDLE_FORMATS:
         raise FmrlError(f"--format {format!r}: expected {', '.join(BUNDLE_FORMATS)}")
     log = log or (lambda msg: None)
@@ -109,20 +144,23 @@ def export_bundle(run_dir, out_dir, size: int, profile: str = "custom", quantize
         raise FmrlError(f"--quantize {quantize!r}: expected int8 (or leave it out for fp32)")
     if k_max < 1:
         raise FmrlError(f"--k-max {k_max}: must be at least 1")
-    if run is None or dataset is None:
-        run, dataset = load_run_and_data(run_dir)
-    check_size(run, size)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    step = make_step(run.model, size, k_max, precision)
-    program, report = _build_and_verify(run, dataset, step, size, precision, k_max, verify_sequences,
-                                        quality_users, log)
-    parts = {**program.files, "items.json": _json_bytes(run.item_ids), "cold_start.json": _json_bytes(step.cold_start())}
-    files = {name: hashlib.sha256(data).hexdigest() for name, data in parts.items()}
-    bundle_bytes = sum(len(data) for data in parts.values())
-    manifest = manifest_for(run, profile, size, precision, step, program, report["verification"], bundle_bytes,
-                            files, report)
-    manifest_bytes = _json_bytes(manifest)   # stored as is in both forms: the fingerprint is computed over them
-    out = _write_bundle(Path(out_dir), format, overwrite, manifest_bytes, parts, bundle_bytes, log)
+    check_bundle_outputs(out_dir, format, run.info if run is not None and run.info is not None else read_run(run_dir))
+    with contextlib.nullcontext() if locked else bundle_lock(out_dir):
+        if run is None or dataset is None:
+            run, dataset = load_run_and_data(run_dir)
+        check_size(run, size)
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        step = make_step(run.model, size, k_max, precision)
+        program, report = _build_and_verify(run, dataset, step, size, precision, k_max, verify_sequences,
+                                            quality_users, log)
+        parts = {**program.files, "items.json": _json_bytes(run.item_ids),
+                 "cold_start.json": _json_bytes(step.cold_start())}
+        files = {name: hashlib.sha256(data).hexdigest() for name, data in parts.items()}
+        bundle_bytes = sum(len(data) for data in parts.values())
+        manifest = manifest_for(run, profile, size, precision, step, program, report["verification"],
+                                bundle_bytes, files, report)
+        manifest_bytes = _json_bytes(manifest)   # stored as is in both forms: the fingerprint is computed over them
+        out = _write_bundle(Path(out_dir), format, overwrite, manifest_bytes, parts, bundle_bytes, log)
     return ExportResult(out, manifest, report)
 
 
@@ -156,9 +194,7 @@ def _write_bundle(out_dir: Path, format: str, overwrite: bool, manifest_bytes: b
                   bundle_bytes: int, log) -> Path:
     """Write the bundle's files atomically as `format` says; returns what export_bundle reports as written
     (the directory, or the .fmrlb file for format "file")."""
-    if out_dir.suffix == FILE_SUFFIX:
-        out_dir = out_dir.with_suffix("")
-    out_file = out_dir.with_name(out_dir.name + FILE_SUFFIX)
+    out_dir, out_file = bundle_paths(out_dir)
     targets = {"dir": [out_dir], "file": [out_file], "both": [out_dir, out_file]}[format]
     existing = [target for target in targets if target.exists()]
     if existing and not overwrite:

@@ -12,6 +12,7 @@ latency budget, take the best validation NDCG@10; ties go to the smaller bundle.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,19 +40,35 @@ class Profile:
         return {k: v for k, v in asdict(self).items()}
 
 
-# field -> (type check, description for error messages)
+MAX_MEMORY_BUDGET = 2**63 - 1   # bytes: a signed 64-bit count
+# threads the runtime is given: the runtimes name no bound of their own (a C int in fmrl_open_options, any
+# positive integer in Recommender.open), and no device class has more than a thousand cores
+MAX_THREADS = 1024
+
+
+def _positive_finite(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return 0 < float(value) < math.inf
+    except OverflowError:   # an integer beyond a float's range
+        return False
+
+
+def _integer_in(least: int, most: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and least <= v <= most
+
+
+# field -> (type and range check, description for error messages)
 _FIELDS = {
     "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
     "description": (lambda v: isinstance(v, str), "a string"),
-    "memory_budget_bytes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                            "a positive integer (bytes)"),
-    "latency_budget_ms": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-                          "a positive number (milliseconds)"),
-    "speed_factor": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-                     "a positive number (1.0 = the reference CPU)"),
+    "memory_budget_bytes": (_integer_in(1, MAX_MEMORY_BUDGET), f"an integer from 1 to {MAX_MEMORY_BUDGET:,} (bytes)"),
+    "latency_budget_ms": (_positive_finite, "a positive finite number (milliseconds)"),
+    "speed_factor": (_positive_finite, "a positive finite number (1.0 = the reference CPU)"),
     "precisions": (lambda v: isinstance(v, list) and len(v) > 0 and all(p in PRECISIONS for p in v)
                    and len(set(v)) == len(v), f"a non-empty list of distinct values from {list(PRECISIONS)}"),
-    "threads": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "threads": (_integer_in(1, MAX_THREADS), f"an integer from 1 to {MAX_THREADS:,}"),
     "backend": (lambda v: v in BACKENDS, f"one of {list(BACKENDS)}"),
 }
 

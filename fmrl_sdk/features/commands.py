@@ -52,12 +52,31 @@ def register(app: typer.Typer) -> None:
         allow_constant: bool = typer.Option(
             False, "--allow-constant", help="Write features even when every item's text is the same."),
     ) -> None:
-        """Embed every item's text (and images) into a features folder the trainer reads."""
-        from .pipeline import featurize
+        """Embed every item's text (and images) into a features folder the trainer reads.
 
-        featurize(data, out, text_encoder=text_encoder, image_encoder=image_encoder, images=images,
-                  batch_size=batch_size, image_batch_size=image_batch_size, device=device,
-                  limit_items=limit_items, trust_pickle=trust_pickle,
-                  from_npy=str(from_npy) if from_npy is not None else None, text_template=text_template,
-                  text_pooling=text_pooling, allow_download=allow_download, force=force,
-                  items=str(items) if items is not None else None, strict=strict, allow_constant=allow_constant)
+        --out is checked before any item is read: one that cannot be written, that is an input or a folder
+        holding one, or that is a non-empty folder other than a features folder is one error line. One
+        featurize at a time per --out: a second one gets "in use by another featurize (pid N)"."""
+        from ..fileio import check_outputs, output_lock
+        from .pipeline import featurize
+        from .store import MANIFEST_FILE
+
+        out = out.expanduser()
+        check_outputs(_inputs(data, items, images, from_npy, text_template, text_encoder, image_encoder),
+                      replaced={"--out": (out, MANIFEST_FILE)})
+        with output_lock(out, "featurize"):
+            featurize(data, out, text_encoder=text_encoder, image_encoder=image_encoder, images=images,
+                      batch_size=batch_size, image_batch_size=image_batch_size, device=device,
+                      limit_items=limit_items, trust_pickle=trust_pickle,
+                      from_npy=str(from_npy) if from_npy is not None else None, text_template=text_template,
+                      text_pooling=text_pooling, allow_download=allow_download, force=force,
+                      items=str(items) if items is not None else None, strict=strict, allow_constant=allow_constant)
+
+
+def _inputs(data, items, images, from_npy, text_template, text_encoder, image_encoder) -> dict:
+    """{label: path} of what featurize reads (encoders only where they name a local folder)."""
+    encoders = {label: name for label, name in (("--text-encoder", text_encoder), ("--image-encoder", image_encoder))
+                if name is not None and Path(name).expanduser().exists()}
+    template = text_template[1:] if text_template is not None and text_template.startswith("@") else None
+    return {"--data": data if data != "demo" else None, "--items": items, "--images": images,
+            "--from-npy": from_npy, "--text-template": template, **encoders}

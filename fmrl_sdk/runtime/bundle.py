@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..errors import FmrlError
 from ..fileio import contained_path
+from ..ids import MAX_ID_BYTES, id_problem, id_text
 from ..jsonio import read_json_bytes  # the JSON rules of every file the SDK reads
 
 FORMAT_VERSION = 3
@@ -164,6 +164,7 @@ def bundle_fingerprint(manifest_bytes) -> bytes:
 # local part ("+cpu"). Anything else ("v99.0.0", "latest", "") is refused, never read as ().
 _VERSION = re.compile(r"(\d+(?:\.\d+)*)(?:(?:a|b|rc|\.post|\.dev)\d*)*(?:\+[0-9A-Za-z.]+)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")   # a lone surrogate escape ("\\ud800") decodes to one of these
 
 
 def _version_tuple(text) -> tuple[int, ...] | None:
@@ -266,6 +267,38 @@ def _finite_floats(values, count: int, what: str, where: Path) -> np.ndarray:
     if not np.isfinite(array).all():
         raise FmrlError(f"{where}: {what} holds NaN, infinity or a value beyond float32")
     return array
+
+
+def check_item_ids(values, where: Path) -> list[str]:
+    """items.json: a non-empty list of distinct ids under fmrl_sdk/ids.py's rule (that of every reader and of
+    add_items), returned as the strings they are keyed by (an integer as its digits). The first entry that
+    breaks the rule is named, "item K" being the K-th entry (the item's internal index)."""
+    if not isinstance(values, list) or not values:
+        raise FmrlError(f"{where}: expected a non-empty JSON list of item ids")
+    if _distinct_text_ids(values):
+        return values
+    first: dict[str, int] = {}
+    for k, value in enumerate(values, 1):
+        problem = id_problem(value)
+        if problem is not None:
+            raise FmrlError(f"{where}: item {k}: id {problem}")
+        j = first.setdefault(id_text(value), k)
+        if j != k:
+            raise FmrlError(f"{where}: item {k}: duplicate id (item {j} has it too)")
+    return list(first)
+
+
+def _distinct_text_ids(values: list) -> bool:
+    """check_item_ids' fast path, for what export writes: distinct strings that are ids, checked in bulk. False
+    when one is not (or is not a string): check_item_ids then looks entry by entry."""
+    if not all(type(v) is str for v in values) or len(set(values)) != len(values):
+        return False
+    joined = "".join(values)
+    if "" in values or "\0" in joined or not (joined.isascii() or _SURROGATE.search(joined) is None):
+        return False
+    longest = MAX_ID_BYTES // 4   # no string of up to this many characters is over the limit in UTF-8
+    return max(map(len, values)) <= longest or \
+        all(len(v.encode("utf-8")) <= MAX_ID_BYTES for v in values if len(v) > longest)
 
 
 def check_cold_start(cold, num_items: int, k_max: int, granularity: int, where: Path) -> None:
@@ -468,14 +501,7 @@ def _verify(path: Path, manifest_bytes, read_file, check_executorch_version: boo
             raise FmrlError(f"{manifest_path}: exported with ExecuTorch {manifest['executorch_version']}, newer "
                             f"than the installed {installed}; upgrade executorch")
     items_path, cold_path = path / "items.json", path / "cold_start.json"
-    item_ids = read_json_bytes(contents["items.json"], str(items_path), "items.json")
-    if not isinstance(item_ids, list) or not item_ids:
-        raise FmrlError(f"{items_path}: expected a non-empty JSON list of item ids")
-    if not all((type(i) is str and i != "") or _is_int(i) for i in item_ids):
-        raise FmrlError(f"{items_path}: item ids must be non-empty strings or integers")
-    item_ids = [str(i) for i in item_ids]
-    if len(set(item_ids)) != len(item_ids):
-        raise FmrlError(f"{items_path}: duplicate item ids")
+    item_ids = check_item_ids(read_json_bytes(contents["items.json"], str(items_path), "items.json"), items_path)
     if "num_items" in manifest and manifest["num_items"] != len(item_ids):
         raise FmrlError(f"{manifest_path}: num_items {manifest['num_items']} but items.json lists {len(item_ids)}")
     if manifest["k_max"] > len(item_ids):

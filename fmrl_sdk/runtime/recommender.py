@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
+from ..ids import id_problem, id_text
 from . import seen
 from .bundle import Bundle, load_bundle, load_bundle_bytes, load_bundle_fd
 
@@ -91,9 +92,7 @@ class Recommender:
 
     def __init__(self, bundle: Bundle, engine, *, on_unknown: str = "skip", exclude_seen: bool = False,
                  bloom_bits: int = seen.DEFAULT_BITS, bloom_hashes: int = seen.DEFAULT_HASHES):
-        if on_unknown not in UNKNOWN_POLICIES:
-            raise ValueError(f"on_unknown must be one of {UNKNOWN_POLICIES}, got {on_unknown!r}")
-        seen.check_params(bloom_bits, bloom_hashes)
+        _check_options(on_unknown, exclude_seen, bloom_bits, bloom_hashes)
         self.bundle, self.engine = bundle, engine
         self.on_unknown, self.exclude_seen = on_unknown, bool(exclude_seen)
         self.bloom_bits, self.bloom_hashes = bloom_bits, bloom_hashes
@@ -124,6 +123,8 @@ class Recommender:
         on_unknown: what `Session.observe` does with an item id the bundle does not know:
         'skip' (count it in `session.unknown`) or 'raise' (FmrlError).
         exclude_seen: default of `Session.recommend(exclude_seen=None)`.
+        A bad option (on_unknown not one of UNKNOWN_POLICIES, exclude_seen not a bool, bloom_bits /
+        bloom_hashes / threads not integers in range) is an FmrlError naming it (still a ValueError).
         engine: any object with the engine step signature (fmrl_sdk.runtime.engine) instead of the .pte.
         threads: size of ExecuTorch's CPU threadpool (process-wide; None keeps its default, one thread
         per core). One event is small: 1 thread is as fast at the median and has far shorter tails
@@ -157,6 +158,9 @@ class Recommender:
 
     @classmethod
     def _opened(cls, bundle: Bundle, engine, threads, **options) -> "Recommender":
+        _check_options(**options)   # before the program is loaded
+        if threads is not None:
+            _integer(threads, "threads")   # its range: program.set_threads
         if engine is None:
             from .engine import PteEngine
 
@@ -322,12 +326,12 @@ class Recommender:
         such events), and it is scored as hidden @ vector against the step's `hidden` output, merged into
         the program's top-k. Adding an id again replaces its vector. Returns the number of new ids.
 
-        Refused (FmrlError), before anything changes: an id that is not a str or an int (bool, None, bytes,
-        float...), an empty id or one holding NUL (a C string ends there); vectors that are not finite
+        Refused (FmrlError), before anything changes: an id that breaks fmrl_sdk/ids.py's rule (not a str
+        or an int, empty, holding NUL, longer than MAX_ID_BYTES UTF-8 bytes); vectors that are not finite
         numbers or hold a value with |x| > MAX_ABS_VECTOR (real item vectors are far smaller; a 1e30 one
-        turns states and scores to NaN). The C runtime's fmrl_add_items refuses the same.
+        turns states and scores to NaN). The C runtime's fmrl_add_items refuses the same, in the same words.
         """
-        ids = [_item_id(i) for i in ids]
+        ids = [_checked_id(item, f"add_items: ids[{n}]") for n, item in enumerate(ids)]
         try:
             vectors = np.asarray(vectors, dtype=np.float64)
         except (TypeError, ValueError) as e:
@@ -378,26 +382,38 @@ class Recommender:
         return self.add_items(*read_item_vectors(path))
 
 
-def _item_id(value) -> str:
-    """An item id given to add_items as the runtime keys it (str; an int as its digits), or FmrlError."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, np.integer)):
-        raise FmrlError(f"add_items: ids must be strings or integers, got {type(value).__name__} {value!r:.80}")
-    text = value if isinstance(value, str) else str(int(value))
-    if not text:
-        raise FmrlError("add_items: ids must not be empty")
-    if "\0" in text:
-        raise FmrlError(f"add_items: id {text!r:.80} contains a NUL character")
-    return text
-
-
 class _ArgumentError(FmrlError, ValueError):
-    """A bad argument to a Session method: an FmrlError (one line in the CLI), still a ValueError as before."""
+    """A bad argument or option: an FmrlError (one line in the CLI), still a ValueError as before."""
 
 
 def _integer(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise _ArgumentError(f"{name} must be an integer, got {type(value).__name__} {value!r:.80}")
     return int(value)
+
+
+def _checked_id(value, name: str) -> str:
+    """An id given by the caller as the runtime keys it (fmrl_sdk/ids.py: a str, or an int's digits; numpy
+    strings and integers count as theirs), or _ArgumentError: `name` followed by why it is not an id."""
+    if isinstance(value, (np.str_, np.integer)):
+        value = value.item()
+    problem = id_problem(value)
+    if problem is not None:
+        raise _ArgumentError(f"{name} {problem}")
+    return id_text(value)
+
+
+def _check_options(on_unknown, exclude_seen, bloom_bits, bloom_hashes) -> None:
+    """_ArgumentError for an option of `Recommender.open` outside what it accepts."""
+    if on_unknown not in UNKNOWN_POLICIES:
+        raise _ArgumentError(f"on_unknown must be one of {UNKNOWN_POLICIES}, got {on_unknown!r:.80}")
+    if not isinstance(exclude_seen, (bool, np.bool_)):
+        raise _ArgumentError(f"exclude_seen must be True or False, got {exclude_seen!r:.80}")
+    bits, hashes = _integer(bloom_bits, "bloom_bits"), _integer(bloom_hashes, "bloom_hashes")
+    try:
+        seen.check_params(bits, hashes)
+    except ValueError as e:
+        raise _ArgumentError(str(e)) from None
 
 
 class Session:
@@ -415,10 +431,9 @@ class Session:
         self.added = 0        # of the observed events, those of items added after export (add_items)
 
     def observe(self, item_id) -> bool:
-        """Feed one interaction (external item id). True if the state advanced."""
-        if isinstance(item_id, str) and "\0" in item_id:
-            raise _ArgumentError(f"observe: item id {item_id!r:.80} contains a NUL character")
-        index = self._rec.resolve(item_id)
+        """Feed one interaction (external item id). True if the state advanced. An item_id that is not an id
+        (fmrl_sdk/ids.py: not a str or an int, empty, holding NUL, too long) is an FmrlError, not an unknown item."""
+        index = self._rec.resolve(_checked_id(item_id, "observe: item id"))
         if index is None:
             self.unknown += 1
             return False
@@ -445,8 +460,9 @@ class Session:
         added items, seen items removed if asked. Fewer than k come back only when exclude_seen
         removed more than k_max - k of the candidates."""
         rec = self._rec
+        k = _integer(k, "top: k")
         if not 1 <= k <= rec.k_max:
-            raise ValueError(f"k must be in [1, {rec.k_max}] (the bundle's k_max), got {k}")
+            raise _ArgumentError(f"top: k must be in [1, {rec.k_max}] (the bundle's k_max), got {k}")
         if exclude_seen is None:
             exclude_seen = rec.exclude_seen
         catalog = rec._catalog

@@ -81,13 +81,17 @@ def new_item_vectors(stream, rec, items, run, console=None) -> dict:
     from ..runtime.vectors import read_item_vectors
     from ..train.vectors import item_vectors
     from .events import BadLine, parse_line
+    from .replay import read_line
 
     catalogue = read_catalogue(items)
     wanted: dict[str, dict] = {}
     with open(stream, "rb") as f:
-        for raw in f:
+        while True:
+            raw, size = read_line(f)   # a line over the limit (raw None) is a bad line, as in the replay
+            if not size:
+                break
             try:
-                parsed = parse_line(raw)
+                parsed = parse_line(raw) if raw is not None else None
             except BadLine:
                 continue
             if parsed is not None and parsed[1] not in wanted and rec.resolve(parsed[1]) is None:

@@ -7,12 +7,14 @@ ignored. Ids are compared as strings (user 7 and user "7" are the same user). A 
 counted by kind with its line number, when it is:
 
     invalid_json    not valid JSON for any reason: not UTF-8, a syntax error, nesting too deep for the
-                    parser, a number too long to convert
+                    parser, a number too long to convert, a string with an unpaired surrogate escape
+                    ("\\ud800" alone: no Unicode character)
     duplicate_key   an object (at any depth) with the same key twice (JSON parsers disagree on which wins)
     not_object      JSON, but not an object
     missing_field   no "user" or "item" (absent, null or "")
-    wrong_type      user/item not a string or integer, or a string holding NUL ("\\u0000"), ts not a
-                    finite number, event not a string
+    wrong_type      user/item not an id (fmrl_sdk/ids.py: not a string or integer, a string holding NUL
+                    ("\\u0000"), longer than MAX_ID_BYTES bytes as UTF-8), ts not a finite number, event not
+                    a string
     unknown_item    item not in the bundle
     ts_backwards    ts smaller than the same user's previous valid event
     missing_ts      no ts while a time cut is in force (simulate cannot place the event before or after it)
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 
+from ..ids import id_problem, id_text
 from ..jsonio import DuplicateKey, object_without_duplicates
 
 BAD_KINDS = ("invalid_json", "duplicate_key", "not_object", "missing_field", "wrong_type", "unknown_item",
@@ -52,7 +55,8 @@ def parse_line(raw: bytes):
     if raw.startswith(BOM):
         raw = raw[len(BOM):]
     try:
-        obj = _decoder.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        obj = _decoder.decode(text)
     except DuplicateKey as e:
         raise BadLine("duplicate_key", f"duplicate key {e.args[0]!r}") from None
     except UnicodeDecodeError:
@@ -65,13 +69,22 @@ def parse_line(raw: bytes):
         raise BadLine("invalid_json", "invalid JSON (nested too deeply)") from None
     except (ValueError, MemoryError) as e:  # e.g. an integer with more digits than Python converts
         raise BadLine("invalid_json", f"invalid JSON ({str(e).split(';')[0]})") from None
+    if "\\u" in text and _holds_unpaired_surrogate(obj):
+        raise BadLine("invalid_json", "invalid JSON (an unpaired surrogate escape)")
     user, item, ts = check_fields(obj)
     return user, item, ts, obj
 
 
-def _id_type_ok(value) -> bool:
-    t = type(value)
-    return t is str or t is int  # bool is a subclass of int but not an id
+def _holds_unpaired_surrogate(value) -> bool:
+    """Whether a decoded JSON value holds a string (key or value) with a surrogate escape ("\\ud800") that
+    has no pair: Python's json decodes it, a strict parser (the C runtime's) refuses the line."""
+    if type(value) is str:
+        return not value.isascii() and any("\ud800" <= c <= "\udfff" for c in value)
+    if type(value) is dict:
+        return any(_holds_unpaired_surrogate(k) or _holds_unpaired_surrogate(v) for k, v in value.items())
+    if type(value) is list:
+        return any(_holds_unpaired_surrogate(v) for v in value)
+    return False
 
 
 def check_fields(obj) -> tuple[str, str, object]:
@@ -84,15 +97,10 @@ def check_fields(obj) -> tuple[str, str, object]:
         raise BadLine("missing_field", "missing 'user'")
     if item is None or item == "":
         raise BadLine("missing_field", "missing 'item'")
-    if not _id_type_ok(user):
-        raise BadLine("wrong_type", f"'user' must be a string or an integer, got {type(user).__name__}")
-    if not _id_type_ok(item):
-        raise BadLine("wrong_type", f"'item' must be a string or an integer, got {type(item).__name__}")
-    # an id holding NUL cannot cross the C ABI (a C string ends there): refused alike by both runtimes
-    if type(user) is str and "\0" in user:
-        raise BadLine("wrong_type", "'user' must not contain NUL characters")
-    if type(item) is str and "\0" in item:
-        raise BadLine("wrong_type", "'item' must not contain NUL characters")
+    for name, value in (("user", user), ("item", item)):   # fmrl_replay's check_fields: the same order
+        problem = id_problem(value)
+        if problem is not None:
+            raise BadLine("wrong_type", f"'{name}' {problem}")
     ts = obj.get("ts")
     if ts is not None:
         t = type(ts)
@@ -101,4 +109,4 @@ def check_fields(obj) -> tuple[str, str, object]:
     event = obj.get("event")
     if event is not None and type(event) is not str:
         raise BadLine("wrong_type", f"'event' must be a string, got {type(event).__name__}")
-    return (user if type(user) is str else str(user)), (item if type(item) is str else str(item)), ts
+    return id_text(user), id_text(item), ts

@@ -7,6 +7,9 @@ the item. `online_last_event` keeps only each user's last valid event: on a stre
 the figures by the bundle's cut (in-sample / out-of-sample, known / new users and items, windows,
 popularity baselines); the report's `headline` is the out-of-sample figure whenever a cut is known.
 
+Lines are read by `read_line`: a line longer than jsonio.MAX_JSONL_LINE_BYTES (64 MiB) is an `invalid_json`
+bad line, "line longer than 67,108,864 bytes", read in blocks and never held whole; fmrl_replay does the same.
+
 New items: with `new_items` ({id: vector}, from `--items` and the run), an event naming an item the
 bundle lacks first adds it through `Recommender.add_items` (what an app does), then is scored as usual.
 
@@ -45,7 +48,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from ..fileio import atomic_write_bytes, exclusive_lock, raise_as_write_error, release_lock
-from ..jsonio import read_json_bytes
+from ..jsonio import MAX_JSONL_LINE_BYTES, read_json_bytes
 from .events import BAD_KINDS, BadLine, parse_line
 from .scoring import Cut, Scoring, Window
 
@@ -54,6 +57,8 @@ LOCK = "simulate.lock"     # inside --state-dir; `.NAME.lock` beside --out
 SNAPSHOT_MAGIC = b"FMRLSNAP"
 SNAPSHOT_VERSION = 2   # 2: the time-aware scoring state (scoring.py) and per-user flags
 MAX_BAD_SAMPLES = 100
+TOO_LONG = f"line longer than {MAX_JSONL_LINE_BYTES:,} bytes"   # an invalid_json line (read_line)
+SKIP_BLOCK = 1 << 20   # the rest of a line over MAX_JSONL_LINE_BYTES is read and dropped in blocks this size
 TIMING_KEYS = ("latency_us", "events_per_s", "peak_rss_bytes", "seconds")
 
 
@@ -92,6 +97,31 @@ class UserSlot:
     trained: bool = False          # time cut: the user had an event in the training period (a known user)
     last_pop_hit: float = 0.0      # leave-one-out: the popularity baseline on the last event
     last_pop_ndcg: float = 0.0
+
+
+def read_line(f, prefix=None) -> tuple[bytes | None, int]:
+    """(line, size): the next line of the binary stream `f` ("\\n" included) and the bytes it took; (b"", 0)
+    at the end. A line longer than MAX_JSONL_LINE_BYTES (its "\\n" or "\\r\\n" not counted) is (None, size):
+    its first MAX_JSONL_LINE_BYTES + 2 bytes are read, the rest in SKIP_BLOCK blocks, none of it kept.
+    `prefix` (a hashlib object, or None) is fed every byte the line took. fmrl_replay reads lines the same way."""
+    raw = f.readline(MAX_JSONL_LINE_BYTES + 2)
+    if prefix is not None:
+        prefix.update(raw)
+    size = len(raw)
+    if size <= MAX_JSONL_LINE_BYTES or size - raw.endswith(b"\n") - raw.endswith(b"\r\n") <= MAX_JSONL_LINE_BYTES:
+        return raw, size
+    while not raw.endswith(b"\n"):
+        raw = f.read(SKIP_BLOCK)
+        if not raw:
+            break
+        end = raw.find(b"\n") + 1
+        if end:   # the line ends inside the block: give the rest back
+            f.seek(end - len(raw), os.SEEK_CUR)
+            raw = raw[:end]
+        if prefix is not None:
+            prefix.update(raw)
+        size += len(raw)
+    return None, size
 
 
 class Replay:
@@ -312,14 +342,15 @@ class Replay:
         scoring, timed = self.scoring, opt.cut.kind == "time"
         with open(self.stream, "rb") as f:
             f.seek(offset)
-            for raw in f:
-                if limit and events >= limit:
+            while not (limit and events >= limit):
+                raw, size = read_line(f, prefix)
+                if not size:
                     break
                 lineno += 1
-                offset += len(raw)
-                if prefix is not None:
-                    prefix.update(raw)
+                offset += size
                 try:
+                    if raw is None:
+                        raise BadLine("invalid_json", TOO_LONG)
                     parsed = parse_line(raw)
                     if parsed is None:  # blank line
                         continue

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import FmrlError
+from ..fileio import check_outputs
 from ..jsonio import read_json
 
 
@@ -41,7 +42,10 @@ def _register_train(app: typer.Typer) -> None:
         nproc: int = typer.Option(1, help="Data-parallel processes on this machine (launches torchrun)."),
         device: str = typer.Option("cpu", help="cpu or cuda (under torchrun: one GPU per process)."),
     ):
-        """Train one nested model that holds every granularity; writes a run directory."""
+        """Train one nested model that holds every granularity; writes a run directory.
+
+        The run directory is checked before any data is read: an --out that exists, that is an input (the
+        data, features, catalogue, recipe or --init-from run) or that cannot be created is one error line."""
         from . import distributed
         from .trainer import prepare
 
@@ -76,7 +80,9 @@ def _register_eval(app: typer.Typer) -> None:
         data: Optional[str] = typer.Option(None, help="Data path, if it moved since training."),
         items: Optional[str] = typer.Option(None, help="Item catalogue, if it moved since training (checked, then reported)."),
     ):
-        """Full-ranking evaluation at every granularity (Recall/NDCG/MRR@5,10,20,50)."""
+        """Full-ranking evaluation at every granularity (Recall/NDCG/MRR@5,10,20,50).
+
+        What it writes into the run (metrics.json, the plot) is checked writable before evaluating."""
         import time
 
         from rich.console import Console
@@ -90,6 +96,9 @@ def _register_eval(app: typer.Typer) -> None:
         if split not in ("test", "val"):
             raise FmrlError(f"--split {split!r}: expected test or val")
         loaded = load_run(run or newest_run(), features)
+        key = split + ("_masked_history" if mask_history else "")
+        check_outputs({}, files={"the run's metrics.json": loaded.path / "metrics.json",
+                                 "the plot": loaded.path / f"metrics_{key}.png" if plot else None})
         dataset = load_run_dataset(loaded.info, data, items)
         console = Console()
         for line in alignment_lines(dataset.report.get("catalogue")):
@@ -99,7 +108,6 @@ def _register_eval(app: typer.Typer) -> None:
             metrics = evaluate(loaded.model, dataset, split, loaded.info.max_len, batch_size,
                                mask_history=mask_history, progress=progress)
         seconds = time.perf_counter() - started
-        key = split + ("_masked_history" if mask_history else "")
         write_metrics(loaded.path, key, metrics)
         console.print(metrics_table(metrics, f"{key}: {dataset.num_users} users, {dataset.num_items} items, "
                                               f"full ranking ({seconds:.1f} s)"))
@@ -157,6 +165,7 @@ def _resume_recipe(run_dir: Path, overrides: dict):
         raise FmrlError(f"{run_dir / 'config.json'}: not a run configuration (no recipe)")
     rec = Recipe.from_dict(config["recipe"], source=str(run_dir / "config.json"))
     checkpoint.check_resumable(run_dir)
+    check_outputs({}, folders={"--resume": run_dir})
     return rec, run_dir
 
 
@@ -184,6 +193,11 @@ def _new_recipe(overrides: dict):
         except ValueError:
             raise FmrlError(f"--sizes {sizes!r}: expected comma-separated integers") from None
     run_dir = overrides["out"] or Path("runs") / f"{recipe_path.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    data = rec.data
+    inputs = {"the data": data.path if data.path != "demo" else None, "the features": data.features or None,
+              "the catalogue": data.items or None, "the --init-from run": rec.train.init_from or None,
+              "the recipe": recipe_path}
+    check_outputs(inputs, folders={"--out": run_dir})
     if run_dir.exists():
         raise FmrlError(f"{run_dir}: already exists (choose another --out, or --resume it)")
     return rec, run_dir

@@ -1,6 +1,7 @@
 """Training recipes: TOML files with [data], [model] and [train] tables, validated strictly.
 
-Unknown tables or keys, wrong types and impossible values are one-line FmrlErrors naming the file.
+Unknown tables or keys, wrong types and values out of range (INT_RANGES, FLOAT_RANGES; a path holding NUL)
+are one-line FmrlErrors naming the file, the key, its value and what it should be.
 """
 
 from __future__ import annotations
@@ -16,6 +17,38 @@ from ..data.split import SplitSpec
 from ..model.model import DEFAULT_SIZES, ITEM_EMBEDDINGS
 
 CUT_KEYS = ("test_from", "val_from")  # a number or a string (see data/split.py)
+PATH_KEYS = (("data", "path"), ("data", "features"), ("data", "items"), ("train", "init_from"))
+
+# Ranges of the numbers (docs/training.md's tables state them). Counts and sizes stay within a C int, which
+# every torch size argument takes; the seed within what numpy's generators (>= 0) and torch.manual_seed
+# (< 2**64, after the trainer adds the rank and 7919 x epoch) accept.
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**63 - 1
+MAX_SIZE = 65_536          # [model] sizes: the largest granularity (d_max)
+MAX_LEN = 100_000          # [data] max_len: events of history a training row holds
+MAX_THREADS = 1_024        # [train] threads: torch threads per process
+# (table, key) -> (least, most); `most` as a key's name: that key's value in the same table
+INT_RANGES = {
+    ("data", "max_len"): (1, MAX_LEN), ("data", "min_count"): (1, MAX_COUNT), ("data", "stride"): (0, "max_len"),
+    ("model", "num_blocks"): (1, 1_024),
+    ("train", "epochs"): (1, MAX_COUNT), ("train", "batch_size"): (1, MAX_COUNT),
+    ("train", "eval_batch_size"): (1, MAX_COUNT), ("train", "warmup_steps"): (0, MAX_COUNT),
+    ("train", "patience"): (1, MAX_COUNT),   # 0 would stop before the first epoch (trainer._epochs)
+    ("train", "length_buckets"): (0, MAX_COUNT), ("train", "seed"): (0, MAX_SEED),
+    ("train", "item_chunk"): (1, MAX_COUNT), ("train", "num_negatives"): (1, MAX_COUNT),
+    ("train", "threads"): (0, MAX_THREADS), ("train", "val_users"): (0, MAX_COUNT),
+}
+# (table, key) -> (check of a finite value, the range in words); r_min < r_max is checked besides
+FLOAT_RANGES = {
+    ("model", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model", "lru_dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model", "r_min"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model", "r_max"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("train", "lr"): (lambda v: v > 0, "> 0"),
+    ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("train", "grad_clip"): (lambda v: v > 0, "> 0"),
+    ("train", "label_smoothing"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
 
 
 @dataclass
@@ -114,10 +147,11 @@ class Recipe:
             self.validate()
 
     def validate(self) -> None:
-        src, m, t, d = self.source, self.model, self.train, self.data
+        src, m, t = self.source, self.model, self.train
         sizes = m.sizes
-        if not sizes or any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-            raise FmrlError(f"{src}: [model] sizes must be strictly increasing positive integers, got {sizes}")
+        if not sizes or any(b <= a for a, b in zip(sizes, sizes[1:])) or not 1 <= sizes[0] <= sizes[-1] <= MAX_SIZE:
+            raise FmrlError(f"{src}: [model] sizes must be strictly increasing integers from 1 to {MAX_SIZE:,}, "
+                            f"got {sizes}")
         if m.item_embedding not in ITEM_EMBEDDINGS:
             raise FmrlError(f"{src}: [model] item_embedding must be one of {', '.join(ITEM_EMBEDDINGS)}")
         if m.id_dims and (m.item_embedding != "hybrid" or not 1 <= m.id_dims <= sizes[-1]):
@@ -125,7 +159,8 @@ class Recipe:
                             f"1 <= id_dims <= the largest size ({sizes[-1]}); 0 means all")
         if t.size_weights and (len(t.size_weights) != len(sizes) or min(t.size_weights) < 0
                                or sum(t.size_weights) <= 0):
-            raise FmrlError(f"{src}: [train] size_weights needs {len(sizes)} non-negative numbers, not all 0")
+            raise FmrlError(f"{src}: [train] size_weights = {t.size_weights} needs {len(sizes)} non-negative "
+                            "numbers, not all 0")
         if t.loss_method not in ("fused", "masked", "running_sum"):
             raise FmrlError(f"{src}: [train] loss_method must be 'fused', 'masked' or 'running_sum'")
         if t.loss not in ("full", "chunked", "sampled"):
@@ -134,24 +169,36 @@ class Recipe:
             raise FmrlError(f"{src}: [train] select_on must be 'mean' or 'largest', got {t.select_on!r}")
         if t.negative_sampler not in ("uniform", "popularity"):
             raise FmrlError(f"{src}: [train] negative_sampler must be 'uniform' or 'popularity'")
-        if t.init_from and not t.init_from.strip():
-            raise FmrlError(f"{src}: [train] init_from must be a run directory, or \"\" for none")
-        checks = [(d.max_len >= 1, "[data] max_len >= 1"), (d.min_count >= 1, "[data] min_count >= 1"),
-                  (0 <= d.stride <= d.max_len, "[data] 0 <= stride <= max_len"),
-                  (m.num_blocks >= 1, "[model] num_blocks >= 1"),
-                  (0 <= m.dropout < 1 and 0 <= m.lru_dropout < 1, "[model] dropouts in [0, 1)"),
-                  (0 <= m.r_min < m.r_max <= 1, "[model] 0 <= r_min < r_max <= 1"),
-                  (t.epochs >= 1 and t.batch_size >= 1 and t.eval_batch_size >= 1, "[train] positive sizes"),
-                  (t.lr > 0 and t.weight_decay >= 0 and t.grad_clip > 0, "[train] lr > 0, grad_clip > 0"),
-                  (0 <= t.label_smoothing < 1, "[train] 0 <= label_smoothing < 1"),
-                  (t.warmup_steps >= 0 and t.patience >= 1 and t.threads >= 0 and t.length_buckets >= 0,
-                   "[train] counts >= 0"),
-                  (t.item_chunk >= 1 and t.num_negatives >= 1, "[train] item_chunk >= 1, num_negatives >= 1"),
-                  (t.val_users >= 0, "[train] val_users >= 0 (0 = every user)")]
-        for ok, what in checks:
-            if not ok:
-                raise FmrlError(f"{src}: invalid value, need {what}")
-        d.split_spec().check(f"{src} [data]")
+        self._check_paths()
+        self._check_ranges()
+        self.data.split_spec().check(f"{src} [data]")
+
+    def _check_paths(self) -> None:
+        for table, key in PATH_KEYS:
+            value = getattr(getattr(self, table), key)
+            if "\0" in value:
+                raise FmrlError(f"{self.source}: [{table}] {key} = {value!r:.200}: a path must not contain NUL "
+                                "characters")
+        if self.train.init_from and not self.train.init_from.strip():
+            raise FmrlError(f"{self.source}: [train] init_from must be a run directory, or \"\" for none")
+
+    def _check_ranges(self) -> None:
+        """Every number within its range (INT_RANGES, FLOAT_RANGES), named with its value and the range."""
+        for (table, key), (least, most) in INT_RANGES.items():
+            section = getattr(self, table)
+            value = getattr(section, key)
+            top = getattr(section, most) if isinstance(most, str) else most
+            if not least <= value <= top:
+                upto = f"{most} ({top:,})" if isinstance(most, str) else f"{top:,}"
+                raise FmrlError(f"{self.source}: [{table}] {key} = {value!r} should be an integer from {least:,} "
+                                f"to {upto}")
+        for (table, key), (ok, what) in FLOAT_RANGES.items():
+            value = getattr(getattr(self, table), key)
+            if not (math.isfinite(value) and ok(value)):
+                raise FmrlError(f"{self.source}: [{table}] {key} = {value!r} should be a finite number {what}")
+        if self.model.r_min >= self.model.r_max:
+            raise FmrlError(f"{self.source}: [model] r_min = {self.model.r_min!r} should be below "
+                            f"r_max = {self.model.r_max!r}")
 
 
 def _section(section_cls, raw, where: str):
@@ -192,12 +239,21 @@ def _type_ok(default, value) -> bool:
     if isinstance(value, bool) or isinstance(default, bool):  # true/false only where a bool is expected
         return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, float):
-        return isinstance(value, (int, float)) and math.isfinite(value)
+        return _number(value)
     if isinstance(default, list):
-        kinds = int if _int_list(default) else (int, float)
-        return isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool)
-                                               and math.isfinite(v) for v in value)
+        each = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if _int_list(default) else _number
+        return isinstance(value, list) and all(each(v) for v in value)
     return isinstance(value, type(default))
+
+
+def _number(value) -> bool:
+    """What a float key takes: a finite number, not a bool, and no integer beyond a float's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 RECIPES_DIR = package_data_dir("recipes")  # the packaged copies of the checkout's recipes/*.toml

@@ -33,6 +33,7 @@ def item_vectors(run_dir, items_file, size: int, out, *, text_encoder: str | Non
         raise FmrlError(f"{out}: --out must end in .safetensors or .json")
     run = load_run(run_dir)
     config = run.config or {}
+    _check_out(out, run_dir, items_file, config.get("features"))
     sizes = [int(s) for s in (config.get("model") or {}).get("sizes", [])]
     if size not in sizes:
         raise FmrlError(f"--size {size}: the run was trained at sizes {sizes}; pick one of them")
@@ -72,6 +73,19 @@ def item_vectors(run_dir, items_file, size: int, out, *, text_encoder: str | Non
     return {"out": str(out), "items": len(ids), "size": size, "ids": ids, "seconds": round(seconds, 3), **info}
 
 
+def _check_out(out: Path, run_dir: Path, items_file, features) -> None:
+    """Before any work: --out writable and none of the files item-vectors reads (fileio.check_outputs)."""
+    from ..features.store import FEATURES_FILE, MANIFEST_FILE
+    from ..fileio import check_outputs
+    from .run import CHECKPOINT
+
+    inputs = {"--items": items_file, **{f"the run's {name}": run_dir / name
+                                        for name in ("config.json", "items.json", "metrics.json", CHECKPOINT)}}
+    if features:   # load_run resolved it (train.run.read_run)
+        inputs.update({f"the run's features' {name}": Path(features) / name for name in (FEATURES_FILE, MANIFEST_FILE)})
+    check_outputs(inputs, files={"--out": out})
+
+
 def register(app: typer.Typer) -> None:
     @app.command("item-vectors")
     def item_vectors_cmd(
@@ -86,6 +100,9 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, "--batch-size", min=1),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     ) -> None:
-        """Vectors for new items with a trained run: same encoders, the run's projector, first SIZE dims."""
+        """Vectors for new items with a trained run: same encoders, the run's projector, first SIZE dims.
+
+        --out is checked before any work: one that cannot be written or that is a file the command reads
+        (--items, the run's or its features' files) is one error line."""
         item_vectors(run, items, size, out, text_encoder=text_encoder, image_encoder=image_encoder,
                      batch_size=batch_size, device=device)

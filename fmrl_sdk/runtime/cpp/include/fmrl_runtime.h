@@ -20,7 +20,8 @@
  *
  * Errors: every function returning fmrl_status, and every getter below that documents a sentinel return,
  * sets the calling thread's last error: a one-line message on failure, "" on success (fmrl_last_error).
- * Strings are UTF-8. Item id pointers handed out stay valid until fmrl_close.
+ * Strings are UTF-8. Item id pointers handed out stay valid until fmrl_close. Item ids follow one rule
+ * (FMRL_MAX_ID_BYTES below).
  *
  * ABI evolution: within a major version the ABI only grows (new functions, new enum values, new fields at
  * the end of options structs, which carry their size in struct_size); FMRL_CHECK_VERSION() tells whether
@@ -60,6 +61,21 @@ extern "C" {
  * and not older than the header (it has every function and field the header declares). */
 #define FMRL_CHECK_VERSION()                                                                                \
   (fmrl_version_number() / 10000 == FMRL_VERSION_MAJOR && fmrl_version_number() >= FMRL_VERSION_NUMBER)
+
+/* Item ids (fmrl_sdk/ids.py's rule, the same in the Python runtime, simulate and fmrl_replay): an id is a
+ * NUL-terminated UTF-8 string, not empty, of at most FMRL_MAX_ID_BYTES bytes (the terminating NUL not
+ * counted). fmrl_add_items and fmrl_observe refuse any other id with FMRL_ERR_ARGUMENT and Python's message.
+ * An id therefore cannot hold a NUL character: a binding that takes counted strings (C++ std::string, Java
+ * String, ...) must refuse one holding NUL before calling the library, which would read it cut short ("i\0001"
+ * as "i", another item). fmrl_runtime.hpp throws RuntimeError(FMRL_ERR_ARGUMENT), the JNI binding
+ * IllegalArgumentException; the same for bundle paths. */
+#define FMRL_MAX_ID_BYTES 1024
+
+/* Event streams (fmrl_replay, like `fmrl-sdk simulate`; fmrl_sdk/jsonio.py MAX_JSONL_LINE_BYTES, the same
+ * value): a line longer than FMRL_MAX_JSONL_LINE_BYTES bytes (64 MiB; its "\n" or "\r\n" not counted) is a
+ * bad line of kind invalid_json, "line longer than 67,108,864 bytes". It is read in blocks and dropped, never
+ * held whole, and the lines after it keep their numbers. */
+#define FMRL_MAX_JSONL_LINE_BYTES 67108864
 
 typedef enum fmrl_status {
   FMRL_OK = 0,
@@ -167,8 +183,10 @@ FMRL_API const char* fmrl_item_id(const fmrl_recommender* rec, int64_t index);
 /* The item's vector (float32 [s]) for any known item; `out` holds at least s floats. */
 FMRL_API fmrl_status fmrl_item_vector(const fmrl_recommender* rec, const char* item_id, float* out, size_t capacity);
 /* Items created after export: `vectors` is row-major [count, dims] float32, dims >= s (the first s dims
- * are used). Adding an id again replaces its vector; export-time ids are refused. *new_count (may be NULL)
- * receives the number of ids that were not known before. */
+ * are used). Adding an id again replaces its vector; export-time ids, ids breaking the rule above
+ * (FMRL_MAX_ID_BYTES), duplicates and vectors holding NaN, infinity or |x| > 1e4 are refused
+ * (FMRL_ERR_ARGUMENT), nothing added. *new_count (may be NULL) receives the number of ids that were not known
+ * before. */
 FMRL_API fmrl_status fmrl_add_items(fmrl_recommender* rec, const char* const* ids, size_t count,
                                     const float* vectors, size_t dims, size_t* new_count);
 
@@ -191,7 +209,8 @@ FMRL_API fmrl_status fmrl_session_to_bytes(const fmrl_recommender* rec, const fm
                                            size_t* size);
 
 /* Feed one interaction by external id. *advanced (may be NULL) is 1 when the state advanced,
- * 0 when the item was unknown and skipped (on_unknown = FMRL_UNKNOWN_SKIP). */
+ * 0 when the item was unknown and skipped (on_unknown = FMRL_UNKNOWN_SKIP). An item_id breaking the id rule
+ * (empty, longer than FMRL_MAX_ID_BYTES) is FMRL_ERR_ARGUMENT, not an unknown item. */
 FMRL_API fmrl_status fmrl_observe(fmrl_recommender* rec, fmrl_session* session, const char* item_id,
                                   int* advanced);
 /* The same by internal index (1..fmrl_item_count). */

@@ -6,6 +6,9 @@
 //   alice.observe("B0030HKJ8I");
 //   for (const auto& [id, score] : alice.recommend(10, /*exclude_seen=*/true)) ...
 //   std::vector<uint8_t> bytes = alice.to_bytes();
+//
+// Strings (bundle paths, item ids) are UTF-8. A std::string holding a NUL character is refused with
+// RuntimeError(FMRL_ERR_ARGUMENT) before the C library sees it (fmrl_runtime.h, FMRL_MAX_ID_BYTES).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +31,14 @@ inline void check(fmrl_status status) {
   if (status != FMRL_OK) throw RuntimeError(status, fmrl_last_error());
 }
 
+// `text` as the C ABI takes it, NUL-terminated. The library would read a std::string holding NUL cut short
+// ("i\0" "1" as the id "i", a path as its prefix): RuntimeError(FMRL_ERR_ARGUMENT) naming it (`what`).
+inline const char* c_string(const std::string& text, const char* what) {
+  if (text.find('\0') != std::string::npos)
+    throw RuntimeError(FMRL_ERR_ARGUMENT, (std::string(what) + " must not contain NUL characters").c_str());
+  return text.c_str();
+}
+
 // Throws std::runtime_error unless FMRL_CHECK_VERSION() holds (same major version, library not older).
 inline void check_version() {
   if (!FMRL_CHECK_VERSION())
@@ -43,7 +54,7 @@ class Recommender {
   // a bundle directory or a one-file NAME.fmrlb
   explicit Recommender(const std::string& bundle_path, const fmrl_open_options* options = nullptr) {
     fmrl_recommender* rec = nullptr;
-    check(fmrl_open(bundle_path.c_str(), options, &rec));
+    check(fmrl_open(c_string(bundle_path, "fmrl::Recommender: bundle_path"), options, &rec));
     rec_.reset(rec);
   }
   // a one-file bundle at [offset, offset + length) of the open file fd (an Android asset)
@@ -65,9 +76,15 @@ class Recommender {
   inline Session restore(const std::vector<uint8_t>& bytes) const;
   // the saved session, or a new one when there is none or it is refused (another bundle, corrupt...)
   inline Session restore_or_new(const std::vector<uint8_t>& bytes) const;
+  // vectors: row-major [ids.size(), dims]
   size_t add_items(const std::vector<std::string>& ids, const std::vector<float>& vectors, size_t dims) {
+    if (vectors.size() != ids.size() * dims)
+      throw RuntimeError(FMRL_ERR_ARGUMENT, ("add_items: expected " + std::to_string(ids.size()) + " x " +
+                                             std::to_string(dims) + " floats, got " + std::to_string(vectors.size()))
+                                                .c_str());
     std::vector<const char*> names;
-    for (const auto& id : ids) names.push_back(id.c_str());
+    for (size_t i = 0; i < ids.size(); ++i)
+      names.push_back(c_string(ids[i], ("add_items: ids[" + std::to_string(i) + "]").c_str()));
     size_t added = 0;
     check(fmrl_add_items(get(), names.data(), names.size(), vectors.data(), dims, &added));
     return added;
@@ -87,7 +104,7 @@ class Session {
   Session(fmrl_recommender* rec, fmrl_session* session) : rec_(rec), session_(session) {}
   bool observe(const std::string& item_id) {
     int advanced = 0;
-    check(fmrl_observe(rec_, session_.get(), item_id.c_str(), &advanced));
+    check(fmrl_observe(rec_, session_.get(), c_string(item_id, "observe: item id"), &advanced));
     return advanced != 0;
   }
   std::vector<std::pair<std::string, float>> recommend(int k = 10, bool exclude_seen = false) const {

@@ -372,7 +372,7 @@ jint n_add_items(JNIEnv* env, jclass, jlong rec, jobjectArray ids, jfloatArray f
       auto id = static_cast<jstring>(env->GetObjectArrayElement(ids, i));
       check(env);
       try {
-        names.push_back(utf8_of(env, id, "ids[i]"));
+        names.push_back(utf8_of(env, id, ("ids[" + std::to_string(i) + "]").c_str()));
       } catch (...) {
         env->DeleteLocalRef(id);
         throw;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <regex>
 #include <tuple>
 
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "ids.hpp"
 #include "internal.hpp"
 #include "picosha2/picosha2.h"
 
@@ -167,7 +169,68 @@ Json read_json_bytes(const Blob& blob, const std::string& where, const std::stri
     const size_t cut = msg.find("] ");
     if (cut != std::string::npos) msg = msg.substr(cut + 2);
     refuse(where + ":" + std::to_string(line) + ": invalid JSON in " + what + " (" + msg + ")");
+  } catch (const Json::out_of_range&) {  // a number beyond a double (1e400; Python's json reads it)
+    refuse(where + ": invalid JSON in " + what + " (a number beyond the range of a double)");
   }
+}
+
+// The texts of the entries of `text`, a JSON array that parsed, blanks around them left out: at(k) is entry k
+// (from 0; k never decreases between calls, which together make one pass over the text).
+class ArrayEntries {
+ public:
+  explicit ArrayEntries(std::string_view text) : text_(text) {}
+  std::string_view at(size_t k) {
+    for (; i_ < text_.size(); ++i_) {
+      const char c = text_[i_];
+      if (c == '"') {
+        while (text_[++i_] != '"') i_ += text_[i_] == '\\';  // past the string, escapes included
+      } else if (c == '[' || c == '{') {
+        if (++depth_ == 1) start_ = i_ + 1;
+      } else if ((c == ',' && depth_ == 1) || ((c == ']' || c == '}') && depth_-- == 1)) {
+        const std::string_view found = text_.substr(start_, i_ - start_);
+        start_ = i_ + 1;
+        if (entry_++ == k) {
+          ++i_;  // the next call goes on after this delimiter
+          const size_t first = found.find_first_not_of(" \t\n\r"), last = found.find_last_not_of(" \t\n\r");
+          return first == std::string_view::npos ? std::string_view() : found.substr(first, last - first + 1);
+        }
+      }
+    }
+    return {};
+  }
+
+ private:
+  std::string_view text_;
+  size_t i_ = 0, depth_ = 0, entry_ = 0, start_ = 0;
+};
+
+// bundle.check_item_ids: items.json's entries are ids under ids.hpp's rule (fmrl_sdk/ids.py), distinct, kept as
+// the strings they are keyed by (an integer as its digits); the first entry breaking the rule is named ("item K":
+// the K-th entry). nlohmann holds an integer beyond 64 bits as a float: its text in `blob` says it was one.
+std::vector<std::string> check_item_ids(const Json& values, const Blob& blob, const std::string& where) {
+  if (!values.is_array() || values.empty()) refuse(where + ": expected a non-empty JSON list of item ids");
+  static const std::map<Json::value_t, const char*> python_type = {
+      {Json::value_t::null, "NoneType"}, {Json::value_t::boolean, "bool"}, {Json::value_t::number_float, "float"},
+      {Json::value_t::array, "list"}, {Json::value_t::object, "dict"}};
+  ArrayEntries texts(std::string_view(reinterpret_cast<const char*>(blob.data()), blob.size()));
+  std::vector<std::string> ids;
+  ids.reserve(values.size());  // never moves: `first` keeps views of its strings
+  std::unordered_map<std::string_view, size_t> first;
+  for (size_t k = 1; k <= values.size(); ++k) {
+    const Json& value = values[k - 1];
+    const std::string_view digits = value.is_number_float() ? texts.at(k - 1) : std::string_view();
+    std::string problem;
+    if (value.is_string() || is_int(value)) ids.push_back(py_str(value));
+    else if (!digits.empty() && digits.find_first_of(".eE") == std::string_view::npos) ids.emplace_back(digits);
+    else problem = std::string("must be a string or an integer, got ") + python_type.at(value.type());
+    if (problem.empty()) problem = id_problem(ids.back());
+    if (!problem.empty()) refuse(where + ": item " + std::to_string(k) + ": id " + problem);
+    const auto [at, added] = first.emplace(ids.back(), k);
+    if (!added)
+      refuse(where + ": item " + std::to_string(k) + ": duplicate id (item " + std::to_string(at->second) +
+             " has it too)");
+  }
+  return ids;
 }
 
 long long check_int(const Json& manifest, const char* key, long long low, long long high, const std::string& where) {
@@ -431,15 +494,8 @@ Bundle verify(const std::string& path, const Blob& manifest_blob, const ReadFile
     refuse(manifest_path + ": exported with ExecuTorch " + py_str(m["executorch_version"]) + ", newer than the installed " +
            fmrl_executorch_version() + "; upgrade executorch");
   const std::string items_path = path_join(path, "items.json"), cold_path = path_join(path, "cold_start.json");
-  const Json item_ids = read_json_bytes(*contents["items.json"], items_path, "items.json");
-  if (!item_ids.is_array() || item_ids.empty()) refuse(items_path + ": expected a non-empty JSON list of item ids");
-  for (const auto& id : item_ids)
-    if (!((id.is_string() && !id.get_ref<const std::string&>().empty()) || is_int(id)))
-      refuse(items_path + ": item ids must be non-empty strings or integers");
-  b.item_ids.reserve(item_ids.size());
-  for (const auto& id : item_ids) b.item_ids.push_back(py_str(id));
-  if (std::set<std::string>(b.item_ids.begin(), b.item_ids.end()).size() != b.item_ids.size())
-    refuse(items_path + ": duplicate item ids");
+  const Blob& items = *contents["items.json"];
+  b.item_ids = check_item_ids(read_json_bytes(items, items_path, "items.json"), items, items_path);
   const long long n = static_cast<long long>(b.item_ids.size());
   if (m.contains("num_items") && m["num_items"].get<long long>() != n)
     refuse(manifest_path + ": num_items " + py_repr(m["num_items"]) + " but items.json lists " + std::to_string(n));

@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "blake2/blake2.h"
+#include "ids.hpp"
 #include "internal.hpp"
 #include "picosha2/picosha2.h"
 
@@ -477,12 +478,13 @@ fmrl_status fmrl_add_items(fmrl_recommender* rec, const char* const* ids, size_t
     if (dims < s)
       throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors have " + std::to_string(dims) + " dims, the bundle needs " +
                                          std::to_string(s));
-    // ids first, as recommender.py checks them (an id is a C string: it cannot hold NUL)
+    // ids first, as recommender.py checks them (ids.hpp; a C string cannot hold NUL)
     std::vector<std::string_view> names;
     for (size_t i = 0; i < count; ++i) {
       if (!ids[i]) throw Error(FMRL_ERR_ARGUMENT, "fmrl_add_items: ids[" + std::to_string(i) + "] is NULL");
-      if (!*ids[i]) throw Error(FMRL_ERR_ARGUMENT, "add_items: ids must not be empty");
-      names.emplace_back(ids[i]);
+      names.emplace_back(ids[i], strnlen(ids[i], FMRL_MAX_ID_BYTES + 1));  // the whole id unless refused
+      const std::string problem = id_problem(names.back());
+      if (!problem.empty()) throw Error(FMRL_ERR_ARGUMENT, "add_items: ids[" + std::to_string(i) + "] " + problem);
     }
     for (size_t i = 0; i < count * dims; ++i)
       if (!std::isfinite(vectors[i])) throw Error(FMRL_ERR_ARGUMENT, "add_items: vectors contain NaN or infinity");
@@ -704,6 +706,8 @@ fmrl_status fmrl_observe(fmrl_recommender* rec, fmrl_session* session, const cha
   const fmrl_status found = guarded([&] {
     check_session(rec, session, "fmrl_observe");
     need(item_id, "fmrl_observe", "item_id");
+    const std::string problem = id_problem(std::string_view(item_id, strnlen(item_id, FMRL_MAX_ID_BYTES + 1)));
+    if (!problem.empty()) throw Error(FMRL_ERR_ARGUMENT, "observe: item id " + problem);
     index = lookup(*rec->catalog(), item_id);
     if (index) return;
     if (rec->unknown_raise) throw Error(FMRL_ERR_UNKNOWN_ITEM, unknown_item(item_id));

@@ -6,9 +6,10 @@
 //
 // For every valid event of user u: recommend k items from u's session (cold start for a new user), score
 // them against the event's item (online HitRate@k / NDCG@k), then observe the item. Bad lines are counted
-// by kind exactly as simulate counts them (fmrl_sdk/simulate/events.py). --load-state starts a user from a
-// saved session (Python's Session.to_bytes() or --save-state's); --save-state writes a user's session at the
-// end. Bad usage or a bad line under --strict: one line "error: ..." on stderr, exit 2.
+// by kind exactly as simulate counts them (fmrl_sdk/simulate/events.py; a line longer than
+// FMRL_MAX_JSONL_LINE_BYTES is invalid_json, never held whole, as replay.py read_line). --load-state starts a
+// user from a saved session (Python's Session.to_bytes() or --save-state's); --save-state writes a user's
+// session at the end. Bad usage or a bad line under --strict: one line "error: ..." on stderr, exit 2.
 //
 // The report's time-aware keys ("split", "headline", "phases", "out_of_sample") are simulate's
 // (fmrl_sdk/simulate/scoring.py): the cut is --score-from (a unix timestamp or an ISO date, as
@@ -38,6 +39,7 @@
 #include <vector>
 
 #include "fmrl_runtime.h"
+#include "ids.hpp"
 #include "nlohmann_json/json.hpp"
 #include "paths.hpp"
 
@@ -299,15 +301,14 @@ Bad check_fields(const LineFields& p) {
   };
   if (missing(user)) return {kMissingField, "missing 'user'"};
   if (missing(item)) return {kMissingField, "missing 'item'"};
-  if (user.kind != Field::kString && user.kind != Field::kInt)
-    return {kWrongType, std::string("'user' must be a string or an integer, got ") + type_name(user)};
-  if (item.kind != Field::kString && item.kind != Field::kInt)
-    return {kWrongType, std::string("'item' must be a string or an integer, got ") + type_name(item)};
-  // an id holding NUL cannot cross the C ABI (C strings end there): refused as simulate refuses it
-  if (user.kind == Field::kString && user.text.find('\0') != std::string::npos)
-    return {kWrongType, "'user' must not contain NUL characters"};
-  if (item.kind == Field::kString && item.text.find('\0') != std::string::npos)
-    return {kWrongType, "'item' must not contain NUL characters"};
+  // fmrl_sdk/ids.py's rule: the type, then ids.hpp on the string or the integer's digits; user first
+  const std::pair<const char*, const Field*> ids[] = {{"'user' ", &user}, {"'item' ", &item}};
+  for (const auto& [name, id] : ids) {
+    if (id->kind != Field::kString && id->kind != Field::kInt)
+      return {kWrongType, std::string(name) + "must be a string or an integer, got " + type_name(*id)};
+    const std::string problem = fmrl::id_problem(id->text);
+    if (!problem.empty()) return {kWrongType, name + problem};
+  }
   if (ts.kind != Field::kAbsent && ts.kind != Field::kNull &&
       ((ts.kind != Field::kInt && ts.kind != Field::kFloat) || !std::isfinite(ts.number)))
     return {kWrongType, "'ts' must be a finite number"};
@@ -318,6 +319,80 @@ Bad check_fields(const LineFields& p) {
 
 bool only_ascii_whitespace(const std::string& raw) {  // Python bytes.strip() leaves nothing
   return raw.find_first_not_of(" \t\n\r\x0b\x0c") == std::string::npos;
+}
+
+// events.parse_line + check_fields on one raw line (a leading BOM ignored): false for a blank line; else true,
+// with the line's problem (kind kBadKindCount when it is an event, its fields then in `parsed`).
+bool classify(const std::string& raw, LineFields& parsed, std::string& rewritten, std::vector<Literal>& literals,
+              Bad& problem) {
+  const size_t skip = raw.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
+  parsed.reset(nullptr);
+  bool ok = Json::sax_parse(raw.begin() + skip, raw.end(), &parsed);
+  if (!ok && parsed.outcome == LineFields::kSyntax && rewrite_python_numbers(raw.substr(skip), rewritten, literals)) {
+    const std::string first_error = parsed.error;
+    parsed.reset(&literals);
+    ok = Json::sax_parse(rewritten.begin(), rewritten.end(), &parsed);
+    if (!ok && parsed.outcome == LineFields::kSyntax) parsed.error = first_error;
+  }
+  if (ok && raw.find('\0') != std::string::npos) {
+    // nlohmann reads a NUL byte as the end of the input; Python's json sees data after the value
+    problem = {kInvalidJson, "invalid JSON (Extra data)"};
+  } else if (ok) {
+    problem = check_fields(parsed);
+  } else if (parsed.outcome == LineFields::kSyntax && only_ascii_whitespace(raw.substr(skip))) {
+    return false;
+  } else if (parsed.outcome == LineFields::kDuplicate) {
+    problem = {kDuplicateKey, "duplicate key " + parsed.error};
+  } else {
+    problem = {kInvalidJson, parsed.outcome == LineFields::kTooDeep ? std::string("invalid JSON (nested too deeply)")
+                                                                      : "invalid JSON (" + parsed.error + ")"};
+  }
+  return true;
+}
+
+// ---- reading the stream: replay.py read_line -------------------------------------------------------
+
+constexpr size_t kLineKept = FMRL_MAX_JSONL_LINE_BYTES + 2;  // enough to tell a line over the limit
+
+// The stream's lines, each ('\n' included) into `line` by next(), false at the end. Of a line longer than
+// kLineKept only the first kLineKept bytes are kept (the buffer never grows past them): the rest is read in
+// blocks and dropped.
+class LineReader {
+ public:
+  explicit LineReader(FILE* in) : in_(in), block_(1 << 16) {}
+  bool next(std::string& line) {
+    line.clear();
+    bool any = false;
+    for (;;) {
+      if (pos_ == end_) {
+        pos_ = 0, end_ = std::fread(block_.data(), 1, block_.size(), in_);
+        if (end_ == 0) return any;
+      }
+      const char* start = block_.data() + pos_;
+      const char* newline = static_cast<const char*>(std::memchr(start, '\n', end_ - pos_));
+      const size_t n = newline ? static_cast<size_t>(newline - start) + 1 : end_ - pos_;
+      const size_t keep = std::min(n, kLineKept - line.size());
+      if (line.size() + keep > line.capacity()) {  // grow by doubling, then to exactly kLineKept (a request
+        const size_t want = std::max(2 * line.capacity(), line.size() + keep);  // under twice the capacity
+        line.reserve(2 * want > kLineKept ? kLineKept : want);  // would be doubled past it by libstdc++)
+      }
+      line.append(start, keep);
+      pos_ += n, any = true;
+      if (newline) return true;
+    }
+  }
+
+ private:
+  FILE* in_;
+  std::vector<char> block_;
+  size_t pos_ = 0, end_ = 0;
+};
+
+// A line (as LineReader keeps it) longer than FMRL_MAX_JSONL_LINE_BYTES, its "\n" or "\r\n" not counted.
+bool too_long(const std::string& line) {
+  size_t size = line.size();
+  if (size && line[size - 1] == '\n') size -= size >= 2 && line[size - 2] == '\r' ? 2 : 1;
+  return size > FMRL_MAX_JSONL_LINE_BYTES;
 }
 
 // ---- files ---------------------------------------------------------------------------------------
@@ -657,15 +732,6 @@ std::string iso(double ts) {
   return buf;
 }
 
-std::string thousands(long long n) {  // f"{n:,}"
-  std::string digits = std::to_string(n < 0 ? -n : n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return (n < 0 ? "-" : "") + out;
-}
-
 struct Cut {  // scoring.Cut
   std::string kind = "unknown", source = "manifest";
   bool has_val_from = false;
@@ -948,7 +1014,7 @@ struct Scoring {
       }
       out["windows"] = rows;
       out["window"] = has_window ? OrderedJson(window.text) : OrderedJson();
-      headline["label"] = "out-of-sample: events from " + iso(cut.test_from) + " (" + thousands(n) + ")";
+      headline["label"] = "out-of-sample: events from " + iso(cut.test_from) + " (" + fmrl::thousands(n) + ")";
       for (const auto& [key, value] : oos.items()) headline[key] = value;
     } else if (cut.kind == "leave-one-out") {
       phases_json["all_events_in_sample"] = online;
@@ -958,7 +1024,7 @@ struct Scoring {
       pop[nd] = users ? last_pop_ndcg / static_cast<double>(users) : 0.0;
       out["popularity"] = {{"before_event", pop}};
       out["lift"] = {{"before_event", lift(last_event, pop)}};
-      headline["label"] = "out-of-sample: each user's last event (" + thousands(users) + ")";
+      headline["label"] = "out-of-sample: each user's last event (" + fmrl::thousands(users) + ")";
       headline["events"] = users;
       for (const auto& [key, value] : last_event.items()) headline[key] = value;
     } else {
@@ -1146,43 +1212,23 @@ int run(const Options& opt) {
   std::vector<float> top_score(opt.k);
   std::vector<const char*> top_id(opt.k);
   LineFields parsed;
-  std::string rewritten;
+  std::string raw, rewritten;
   std::vector<Literal> literals;
-  char* raw_buf = nullptr;
-  size_t raw_cap = 0;
-  ssize_t got;
+  LineReader reader(in);
+  const std::string line_too_long = "line longer than " + fmrl::thousands(FMRL_MAX_JSONL_LINE_BYTES) + " bytes";
   const auto started = std::chrono::steady_clock::now();
-  while ((got = ::getline(&raw_buf, &raw_cap, in)) > 0) {
+  while (reader.next(raw)) {
     ++lines;
-    const std::string raw(raw_buf, static_cast<size_t>(got));
     Bad problem{kBadKindCount, ""};
-    // events.parse_line: a leading BOM is ignored; blank lines are skipped
-    const size_t skip = raw.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
-    parsed.reset(nullptr);
-    bool ok = Json::sax_parse(raw.begin() + skip, raw.end(), &parsed);
-    if (!ok && parsed.outcome == LineFields::kSyntax &&
-        rewrite_python_numbers(raw.substr(skip), rewritten, literals)) {
-      const std::string first_error = parsed.error;
-      parsed.reset(&literals);
-      ok = Json::sax_parse(rewritten.begin(), rewritten.end(), &parsed);
-      if (!ok && parsed.outcome == LineFields::kSyntax) parsed.error = first_error;
+    if (too_long(raw)) {
+      parsed.reset(nullptr);
+      problem = {kInvalidJson, line_too_long};
+    } else if (!classify(raw, parsed, rewritten, literals, problem)) {
+      continue;  // a blank line
     }
     int64_t index = 0;
     Slot* slot = nullptr;
     std::string user;
-    if (!ok) {
-      if (parsed.outcome == LineFields::kSyntax && only_ascii_whitespace(raw.substr(skip))) continue;
-      if (parsed.outcome == LineFields::kDuplicate)
-        problem = {kDuplicateKey, "duplicate key " + parsed.error};
-      else
-        problem = {kInvalidJson, parsed.outcome == LineFields::kTooDeep ? std::string("invalid JSON (nested too deeply)")
-                                                                          : "invalid JSON (" + parsed.error + ")"};
-    } else if (raw.find('\0') != std::string::npos) {
-      // nlohmann reads a NUL byte as the end of the input; Python's json sees data after the value
-      problem = {kInvalidJson, "invalid JSON (Extra data)"};
-    } else {
-      problem = check_fields(parsed);
-    }
     const Field &user_field = parsed.fields[0], &item_field = parsed.fields[1], &ts = parsed.fields[2];
     const bool has_ts = ts.kind == Field::kInt || ts.kind == Field::kFloat;
     if (problem.kind == kBadKindCount && timed && !has_ts)
@@ -1254,7 +1300,6 @@ int run(const Options& opt) {
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::free(raw_buf);
   std::fclose(in);
   if (out) {
     const bool written = std::fflush(out) == 0 && ::fsync(fileno(out)) == 0;

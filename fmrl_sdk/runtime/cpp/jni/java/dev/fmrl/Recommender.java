@@ -62,6 +62,7 @@ public final class Recommender implements AutoCloseable {
    * the program is loaded (the ExecuTorch CPU backends). Defaults: unknown items are skipped,
    * exclude_seen off.
    *
+   * @throws IllegalArgumentException when the path contains a NUL character
    * @throws FmrlException {@link FmrlStatus#BUNDLE} (with the reason) when the bundle is refused,
    *     {@link FmrlStatus#PROGRAM} when ExecuTorch cannot load its program
    */
@@ -225,9 +226,10 @@ public final class Recommender implements AutoCloseable {
    * first s values are used). Export-time ids are refused.
    *
    * @return how many of the ids were not known before
-   * @throws IllegalArgumentException when the lengths disagree or the rows are ragged
+   * @throws IllegalArgumentException when the lengths disagree, the rows are ragged or an id contains a NUL
+   *     character (the C library takes NUL-terminated ids)
    * @throws FmrlException {@link FmrlStatus#ARGUMENT} for what the library refuses (short rows, non-finite
-   *     values, export-time ids...)
+   *     values, export-time ids, empty ids or ids over 1,024 UTF-8 bytes...)
    */
   public int addItems(String[] ids, float[][] vectors) throws FmrlException {
     Objects.requireNonNull(ids, "ids");

@@ -36,6 +36,8 @@ public final class Session implements AutoCloseable {
    * Feeds one interaction by external item id.
    *
    * @return true when the state advanced, false when the item was unknown and skipped
+   * @throws IllegalArgumentException when the id contains a NUL character
+   * @throws FmrlException {@link FmrlStatus#ARGUMENT} for an empty id or one over 1,024 UTF-8 bytes
    */
   public synchronized boolean observe(String itemId) throws FmrlException {
     Objects.requireNonNull(itemId, "itemId");
