@@ -60,6 +60,10 @@ def _csv_records(path: Path):
             if not {"user", "item"} <= fields:
                 raise FmrlError(f"{path}:1: CSV header needs 'user' and 'item' columns (got {sorted(fields)})")
             for lineno, rec in enumerate(reader, 2):
+                extra, given = rec.pop(None, []), [value for value in rec.values() if value is not None]
+                if extra or len(given) < len(rec):
+                    raise FmrlError(f"{path}:{lineno}: {len(given) + len(extra)} fields, the header has "
+                                    f"{len(reader.fieldnames)}")
                 yield lineno, rec, False
     except csv.Error as e:
         text = " ".join(str(e).split())

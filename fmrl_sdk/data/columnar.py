@@ -39,6 +39,8 @@ within a row: user, item, timestamp):
   characters) and jsonio.py (a JSONL line at most MAX_JSONL_LINE_BYTES bytes). pyarrow's path reads only
   records shorter than its block (CSV_BLOCK_BYTES, far below the limit) and leaves longer ones to the
   row-by-row path, so a long value in a column nobody reads (a review text) is read, or refused, alike.
+- CSV rows: each has the header's number of fields ("FILE:LINE: 4 fields, the header has 3"; an unclosed quote,
+  which swallows the rest of the file into one field, shows as too few).
 - JSONL duplicate keys: a repeated `user`, `item`, `timestamp` or `ts` key is refused. A repeated key the
   reader does not read ("x": 1, "x": 2) is refused only when the file is read row by row (jsonio's rule):
   pyarrow's parser skips such keys, and checking every line in Python would cost pyarrow's path its speed.
@@ -547,6 +549,9 @@ def _csv_rows(path: Path):
             if not {"user", "item"} <= fields:
                 raise FmrlError(f"{path}:1: CSV header needs 'user' and 'item' columns (got {sorted(fields)})")
             for lineno, rec in enumerate(reader, 2):
+                if None in rec or None in rec.values():   # more fields than the header (under None), or fewer
+                    count = len(rec) - 1 + len(rec[None]) if None in rec else sum(v is not None for v in rec.values())
+                    raise FmrlError(f"{path}:{lineno}: {count} fields, the header has {len(reader.fieldnames)}")
                 yield lineno, _row(path, lineno, rec, typed=False)
     except csv.Error as e:
         raise FmrlError(f"{path}:{lineno + 1}: {csv_problem(e)}") from None
