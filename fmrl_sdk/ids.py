@@ -32,14 +32,11 @@ def text_id_problem(text: str) -> str | None:
     if "\0" in text:
         return "must not contain NUL characters"
     if text.isascii():
-        size = len(text)
-    else:
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError:   # a JSON escape "\ud800" without its pair decodes to no character
-            return "holds an unpaired surrogate (\\ud800-\\udfff): not Unicode text"
-    if size > MAX_ID_BYTES:
+        return f"is longer than {MAX_ID_BYTES:,} bytes (the most an id may hold)" if len(text) > MAX_ID_BYTES else None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:   # (a surrogate counts 3 bytes, as in C)
         return f"is longer than {MAX_ID_BYTES:,} bytes (the most an id may hold)"
+    if any("\ud800" <= c <= "\udfff" for c in text):   # a JSON escape "\ud800" without its pair: no character
+        return "holds an unpaired surrogate (\\ud800-\\udfff): not Unicode text"
     return None
 
 

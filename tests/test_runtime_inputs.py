@@ -216,7 +216,7 @@ def python_answers(fresh, ids) -> dict:
 def test_add_items_and_observe_apply_the_id_limit_in_both_runtimes(cpp_build, art):
     """Python's add_items / observe and C's fmrl_add_items / fmrl_observe accept the same ids and refuse the
     others (FMRL_ERR_ARGUMENT) with the same message; nothing is added by a refused call."""
-    ids = limit_ids() + [10 ** MAX_ID_BYTES, ""]
+    ids = limit_ids() + ["i\ud800", "\udc00" * 342, "\udc00" * 340 + "é", 10 ** MAX_ID_BYTES, ""]
     python = python_answers(Recommender.open(art.bundle), ids)
     c = run_app(cpp_build, r"""
 lib.fmrl_add_items.restype = ctypes.c_int
@@ -229,9 +229,12 @@ def answer(code):
     return "ok" if code == 0 else [code, err()]
 for n, item in enumerate(args["ids"]):
     before = lib.fmrl_item_count(rec)
-    code = lib.fmrl_add_items(rec, (C * 1)(item.encode()), 1, (ctypes.c_float * s)(*[1.0] * s), s, None)
-    out[str(n)] = [answer(code), answer(lib.fmrl_observe(rec, session, item.encode(), None)),
-                   lib.fmrl_item_count(rec) - before]
+    raw = item.encode("utf-8", "surrogatepass")   # a lone surrogate as the 3 bytes Java's or Python's encoders write
+    code = lib.fmrl_add_items(rec, (C * 1)(raw), 1, (ctypes.c_float * s)(*[1.0] * s), s, None)
+    out[str(n)] = [answer(code), answer(lib.fmrl_observe(rec, session, raw, None)), lib.fmrl_item_count(rec) - before]
+for name, raw in (("bad byte", b"i\xff"), ("cut", b"i\xc3"), ("overlong", b"\xc0\xaf"), ("beyond", b"\xf4\x90\x80\x80")):
+    out[name] = [lib.fmrl_add_items(rec, (C * 1)(raw), 1, (ctypes.c_float * s)(*[1.0] * s), s, None), err(),
+                 lib.fmrl_observe(rec, session, raw, None), err()]
 """, bundle=str(art.bundle), ids=[str(i) for i in ids])
     for n, item in enumerate(ids):
         add, observe, added = c[str(n)]
@@ -241,6 +244,12 @@ for n, item in enumerate(args["ids"]):
     assert python[str(len(ids) - 2)] == ["add_items: ids[0] is longer than 1,024 bytes (the most an id may hold)",
                                          "observe: item id is longer than 1,024 bytes (the most an id may hold)"]
     assert python[str(len(ids) - 1)] == ["add_items: ids[0] must not be empty", "observe: item id must not be empty"]
+    surrogate = "holds an unpaired surrogate (\\ud800-\\udfff): not Unicode text"
+    assert python[str(len(ids) - 5)] == [f"add_items: ids[0] {surrogate}", f"observe: item id {surrogate}"]
+    assert python[str(len(ids) - 4)][0].endswith("longer than 1,024 bytes (the most an id may hold)")   # 1,026 bytes
+    assert python[str(len(ids) - 3)][0].endswith(surrogate)   # 1,022 bytes: within the limit, not text
+    for name in ("bad byte", "cut", "overlong", "beyond"):   # bytes no Python str encodes: refused by C alone
+        assert c[name] == [1, "add_items: ids[0] is not UTF-8 text", 1, "observe: item id is not UTF-8 text"], name
 
 
 @pytest.mark.parametrize("bad", [None, b"abc", True, 1.5, "", ["x"], "a" * (MAX_ID_BYTES + 1)])

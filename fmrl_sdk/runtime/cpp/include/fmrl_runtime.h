@@ -63,8 +63,8 @@ extern "C" {
   (fmrl_version_number() / 10000 == FMRL_VERSION_MAJOR && fmrl_version_number() >= FMRL_VERSION_NUMBER)
 
 /* Item ids (fmrl_sdk/ids.py's rule, the same in the Python runtime, simulate and fmrl_replay): an id is a
- * NUL-terminated UTF-8 string, not empty, of at most FMRL_MAX_ID_BYTES bytes (the terminating NUL not
- * counted). fmrl_add_items and fmrl_observe refuse any other id with FMRL_ERR_ARGUMENT and Python's message.
+ * NUL-terminated string, not empty, of at most FMRL_MAX_ID_BYTES bytes (the terminating NUL not counted),
+ * of well-formed UTF-8 text (no overlong form, nothing beyond U+10FFFF, no UTF-16 surrogate). fmrl_add_items and fmrl_observe refuse any other id with FMRL_ERR_ARGUMENT and Python's message.
  * An id therefore cannot hold a NUL character: a binding that takes counted strings (C++ std::string, Java
  * String, ...) must refuse one holding NUL before calling the library, which would read it cut short ("i\0001"
  * as "i", another item). fmrl_runtime.hpp throws RuntimeError(FMRL_ERR_ARGUMENT), the JNI binding
