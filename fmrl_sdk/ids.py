@@ -12,7 +12,10 @@ to fmrl_add_items; the tests feed both runtimes the same lines.
 
 from __future__ import annotations
 
+import re
+
 MAX_ID_BYTES = 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")   # what a JSON escape "\\ud800" without its pair decodes to
 
 
 def id_problem(value) -> str | None:
@@ -35,9 +38,14 @@ def text_id_problem(text: str) -> str | None:
         return f"is longer than {MAX_ID_BYTES:,} bytes (the most an id may hold)" if len(text) > MAX_ID_BYTES else None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:   # (a surrogate counts 3 bytes, as in C)
         return f"is longer than {MAX_ID_BYTES:,} bytes (the most an id may hold)"
-    if any("\ud800" <= c <= "\udfff" for c in text):   # a JSON escape "\ud800" without its pair: no character
+    if holds_surrogate(text):
         return "holds an unpaired surrogate (\\ud800-\\udfff): not Unicode text"
     return None
+
+
+def holds_surrogate(text: str) -> bool:
+    """Whether `text` holds a UTF-16 surrogate code point (U+D800..DFFF): no character, not storable as UTF-8."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def id_text(value) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 from ..errors import FmrlError
 from ..ids import id_problem, id_text
 from ..jsonio import read_jsonl_objects
-from .textfiles import csv_field_limit, csv_problem, first_non_utf8_line, require_utf8
+from .textfiles import csv_field_limit, csv_problem, first_non_utf8_line, quoted_names, require_utf8
 
 KEY_COLUMNS = ("item", "item_id", "id")
 IMAGE_FIELD = "image"
@@ -106,7 +106,7 @@ def _catalogue(path: Path, records) -> Catalogue:
             key = next((k for k in KEY_COLUMNS if k in rec), None)
             if key is None:
                 raise FmrlError(f"{path}:{lineno}: no item id field (expected one of {', '.join(KEY_COLUMNS)}; "
-                                f"got {_names(list(rec))})")
+                                f"got {quoted_names(list(rec))})")
         item = _item_id(rec.get(key), f"{path}:{lineno}: {key!r}")
         if item in rows:
             raise FmrlError(f"{path}:{lineno}: item {item!r} appears twice (first on line {first_line[item]})")
@@ -161,18 +161,12 @@ def _check_header(path: Path, header: list[str]) -> None:
                         "save the file as UTF-8)")
     if not any(k in header for k in KEY_COLUMNS):
         raise FmrlError(f"{path}:1: header needs an item id column ({', '.join(KEY_COLUMNS)}); "
-                        f"got {_names(header)}")
+                        f"got {quoted_names(header)}")
     if "" in header:
         raise FmrlError(f"{path}:1: header has an empty column name")
     dupes = sorted(name for name, count in Counter(header).items() if count > 1)
     if dupes:
-        raise FmrlError(f"{path}:1: header has duplicate column {_names(dupes[:1])}")
-
-
-def _names(names: list[str], shown: int = 8) -> str:
-    """Field names for a message, on one line: each quoted (repr) and cut to 40 characters, the first `shown`."""
-    quoted = [repr(name) if len(name) <= 40 else repr(name[:40]) + "..." for name in names[:shown]]
-    return ", ".join(quoted + ["..."] * (len(names) > shown)) or "none"
+        raise FmrlError(f"{path}:1: header has duplicate column {quoted_names(dupes[:1])}")
 
 
 def _next_row(path: Path, reader) -> list[str] | None:

@@ -64,7 +64,7 @@ import numpy as np
 from ..errors import FmrlError
 from ..ids import MAX_ID_BYTES, id_problem, id_text, text_id_problem
 from ..jsonio import read_jsonl_objects
-from .textfiles import csv_field_limit, csv_problem, require_utf8
+from .textfiles import csv_field_limit, csv_problem, quoted_names, require_utf8
 
 ID_COLUMNS = ("user", "item")
 TIME_COLUMNS = ("timestamp", "ts")
@@ -272,11 +272,6 @@ def _release_arrow_memory() -> None:
 def _one_line(error: BaseException, limit: int = 300) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _names(names: list[str], shown: int = 8) -> str:
-    """Column names for a one-line message: each quoted (repr: a newline stays on the line), the first `shown`."""
-    return ", ".join([_short_repr(name, 40) for name in names[:shown]] + ["..."] * (len(names) > shown))
 
 
 def _missing(where: str, key: str) -> FmrlError:
@@ -733,7 +728,7 @@ def _read_parquet(path: Path):
                 raise FmrlError(f"{file}: column '{key}' appears more than once")
         for key in ID_COLUMNS:
             if key not in names and key not in partition:
-                raise FmrlError(f"{file}: no '{key}' column (columns: {_names(schema.names)})")
+                raise FmrlError(f"{file}: no '{key}' column (columns: {quoted_names(schema.names)})")
             if key in names and not _id_type_ok(schema.field(key).type):
                 raise FmrlError(f"{file}: column '{key}' has type {schema.field(key).type}; "
                                 "expected strings or integers")

@@ -1,4 +1,5 @@
-"""The text rules every data reader shares (interaction logs, catalogues): UTF-8 and the CSV field size.
+"""The text rules every data reader shares (interaction logs, catalogues): UTF-8, the CSV field size, and how
+their one-line messages name columns (`quoted_names`).
 
 * encoding: the whole file is UTF-8 (a byte order mark at the start allowed), the columns and keys a reader
   does not use included. `require_utf8` refuses anything else with `FILE:LINE: not UTF-8 text`, LINE being the
@@ -98,3 +99,10 @@ def csv_problem(error: csv.Error) -> str:
     if message == "unexpected end of data":
         message = "a quoted field is never closed"
     return f"malformed CSV ({message})"
+
+
+def quoted_names(names: list[str], shown: int = 8) -> str:
+    """Column or field names for a one-line message: each quoted (repr: a newline stays on the line) and cut to
+    40 characters, the first `shown`."""
+    quoted = [repr(name) if len(name) <= 40 else repr(name[:40]) + "..." for name in names[:shown]]
+    return ", ".join(quoted + ["..."] * (len(names) > shown)) or "none"

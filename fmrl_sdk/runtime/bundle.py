@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import FmrlError
 from ..fileio import contained_path
-from ..ids import MAX_ID_BYTES, id_problem, id_text
+from ..ids import MAX_ID_BYTES, holds_surrogate, id_problem, id_text
 from ..jsonio import read_json_bytes  # the JSON rules of every file the SDK reads
 
 FORMAT_VERSION = 3
@@ -164,7 +164,6 @@ def bundle_fingerprint(manifest_bytes) -> bytes:
 # local part ("+cpu"). Anything else ("v99.0.0", "latest", "") is refused, never read as ().
 _VERSION = re.compile(r"(\d+(?:\.\d+)*)(?:(?:a|b|rc|\.post|\.dev)\d*)*(?:\+[0-9A-Za-z.]+)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_SURROGATE = re.compile("[\ud800-\udfff]")   # a lone surrogate escape ("\\ud800") decodes to one of these
 
 
 def _version_tuple(text) -> tuple[int, ...] | None:
@@ -294,7 +293,7 @@ def _distinct_text_ids(values: list) -> bool:
     if not all(type(v) is str for v in values) or len(set(values)) != len(values):
         return False
     joined = "".join(values)
-    if "" in values or "\0" in joined or not (joined.isascii() or _SURROGATE.search(joined) is None):
+    if "" in values or "\0" in joined or holds_surrogate(joined):
         return False
     longest = MAX_ID_BYTES // 4   # no string of up to this many characters is over the limit in UTF-8
     return max(map(len, values)) <= longest or \

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..ids import id_problem, id_text
+from ..ids import holds_surrogate, id_problem, id_text
 from ..jsonio import DuplicateKey, object_without_duplicates
 
 BAD_KINDS = ("invalid_json", "duplicate_key", "not_object", "missing_field", "wrong_type", "unknown_item",
@@ -79,7 +79,7 @@ def _holds_unpaired_surrogate(value) -> bool:
     """Whether a decoded JSON value holds a string (key or value) with a surrogate escape ("\\ud800") that
     has no pair: Python's json decodes it, a strict parser (the C runtime's) refuses the line."""
     if type(value) is str:
-        return not value.isascii() and any("\ud800" <= c <= "\udfff" for c in value)
+        return holds_surrogate(value)
     if type(value) is dict:
         return any(_holds_unpaired_surrogate(k) or _holds_unpaired_surrogate(v) for k, v in value.items())
     if type(value) is list:

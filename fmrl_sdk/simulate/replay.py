@@ -33,6 +33,7 @@ OS drops a lock when its process dies, SIGKILL included; the file is removed whe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -47,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FmrlError
-from ..fileio import atomic_write_bytes, exclusive_lock, raise_as_write_error, release_lock
+from ..fileio import atomic_write_bytes, exclusive_lock, output_lock, raise_as_write_error, release_lock
 from ..jsonio import MAX_JSONL_LINE_BYTES, read_json_bytes
 from .events import BAD_KINDS, BadLine, parse_line
 from .scoring import Cut, Scoring, Window
@@ -270,19 +271,14 @@ class Replay:
         and --out's locks throughout (see the module docstring)."""
         if resume and self.state_dir is None:
             raise FmrlError("--resume needs --state-dir")
-        locks: list[tuple[Path, int | None]] = []
-        try:
+        with contextlib.ExitStack() as locks:
             if self.state_dir is not None:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
-                locks.append((self.state_dir / LOCK, exclusive_lock(self.state_dir / LOCK, self.state_dir, "simulate")))
+                fd = exclusive_lock(self.state_dir / LOCK, self.state_dir, "simulate")
+                locks.callback(release_lock, self.state_dir / LOCK, fd)
             if self.out is not None:
-                self.out.parent.mkdir(parents=True, exist_ok=True)
-                path = self.out.with_name(f".{self.out.name}.lock")
-                locks.append((path, exclusive_lock(path, self.out, "simulate")))
+                locks.enter_context(output_lock(self.out, "simulate"))
             return self._run(resume, progress)
-        finally:
-            for path, fd in reversed(locks):
-                release_lock(path, fd)
 
     def _run(self, resume: bool, progress) -> dict:
         if self.state_dir is not None:
